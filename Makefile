@@ -1,0 +1,47 @@
+# The two commands of the README. Both create .venv with Python >= 3.12 if absent and install the
+# pinned dependencies (a no-op when requirements.lock and pyproject.toml are unchanged).
+SHELL := /bin/bash
+PYTHON ?= $(shell for p in python3.12 python3.13 $$HOME/.pyenv/versions/3.12*/bin/python3.12; do \
+	  $$p -c 'import sys; assert sys.version_info >= (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
+VENV := .venv
+STAMP := $(VENV)/.installed
+CORES ?= 8
+export JAX_PLATFORMS ?= cpu
+export PYTHONHASHSEED := 0
+
+.PHONY: install table test test-heavy dag lint clean-results
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -n "$(PYTHON)" || { echo "error: no python >= 3.12 found (set PYTHON=/path/to/python3.12)"; exit 1; }
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -r requirements.lock
+	$(VENV)/bin/python -m pip install -q --no-deps -e .
+	@command -v dot >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get install -y -q graphviz >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q graphviz >/dev/null)) \
+	  || echo "note: graphviz not installed; the audit rule falls back to mermaid"; }
+	@command -v bwrap >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get install -y -q bubblewrap >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null)) \
+	  || echo "note: bubblewrap not installed; the code sandbox uses rlimits + unshare"; }
+	@touch $(STAMP)
+
+table: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES) results/table.md
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not heavy"
+
+test-heavy: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m heavy
+
+dag: $(STAMP)
+	$(VENV)/bin/snakemake --dag results/table.md | dot -Tsvg > dag.svg
+
+lint: $(STAMP)
+	$(VENV)/bin/snakemake --lint
+	$(VENV)/bin/snakefmt --check Snakefile rules/
+
+clean-results:
+	rm -rf results/[!R]* logs benchmarks .snakemake
