@@ -1,0 +1,32 @@
+"""What every scripts/*.py adapter does first: pin threads before JAX loads, log to the rule's log."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+__all__ = ["stage_logger"]
+
+
+def stage_logger(smk, jax_threads_cap: int | None = None):
+    """Send stdout/stderr to the rule's log file and return a `log(msg)` function.
+
+    Pins the process to min(smk.threads, jax_threads_cap, cores here) CPUs, so XLA sizes its
+    thread pool to what Snakemake granted; must run before anything imports JAX.
+    """
+    from cts.train.runtime import limit_threads
+
+    cap = jax_threads_cap or int(smk.params.get("jax_threads", 0) or smk.threads)
+    n = limit_threads(min(smk.threads, cap))
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if smk.log:
+        f = open(smk.log[0], "a", buffering=1)
+        sys.stdout = sys.stderr = f
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)
+
+    log(f"rule {smk.rule}: {n} thread(s)")
+    return log

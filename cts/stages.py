@@ -1,0 +1,288 @@
+"""One function per Snakemake rule. Scripts in scripts/ unpack Snakemake's objects and call these;
+everything here takes plain paths and dicts, so each stage can be run and tested without Snakemake.
+
+Every output is written atomically (cts.io): a killed job leaves either nothing or a whole file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+
+from cts.io import (DataError, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl,
+                    sha256_file)
+from cts.tasks.schema import SPLITS, Problem, Quadruple
+
+__all__ = [
+    "data_prepare", "data_split", "eval_cell", "load_problems", "taxonomy_tag", "teacher_critique",
+    "teacher_rollouts", "train_base", "train_cell", "train_fingerprint",
+]
+
+
+def load_problems(path: str) -> list[Problem]:
+    return [Problem.from_row(r, where=f"{path}:{i + 1}") for i, r in enumerate(read_jsonl(path))]
+
+
+def load_quadruples(path: str) -> list[Quadruple]:
+    return [Quadruple.from_row(r, where=f"{path}:{i + 1}") for i, r in enumerate(read_jsonl(path))]
+
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("jax", "flax", "optax", "orbax-checkpoint", "ott-jax", "maxtext")}
+
+
+# ----------------------------------------------------------------------------- data
+
+def data_prepare(task: str, data_cfg: dict, out_path: str, log=print) -> None:
+    """Task data → normalized Problem records (all splits; `split` is assigned next)."""
+    from cts.tasks import load_task
+
+    problems = load_task(task, data_cfg)
+    n = atomic_write_jsonl(out_path, (p.to_row() for p in problems))
+    hist = Counter(p.horizon for p in problems)
+    log(f"{task}: {n} problems; horizons {dict(sorted(hist.items()))}")
+
+
+def data_split(problems_path: str, splits_cfg: dict, out_dir: str, log=print) -> None:
+    from cts.splits import assign_splits, split_manifest
+
+    problems = load_problems(problems_path)
+    out, report = assign_splits(problems, splits_cfg["fractions"], splits_cfg["seed"],
+                                splits_cfg.get("near_duplicate_threshold", 0.9))
+    manifest = {"source": problems_path, "source_sha256": sha256_file(problems_path), **report,
+                "splits": {s: split_manifest(out, s) for s in SPLITS}}
+    for s in SPLITS:
+        atomic_write_jsonl(os.path.join(out_dir, f"{s}.jsonl"), (p.to_row() for p in out if p.split == s))
+    atomic_write_json(os.path.join(out_dir, "manifest.json"), manifest)
+    log(f"splits {report['n_per_split']}; near-duplicate clusters merged: {report['near_duplicate_clusters']}")
+
+
+# ----------------------------------------------------------------------------- base policy
+
+def _base_pairs(problems: list[Problem], error_rate: float, seed: int) -> list[tuple[str, str]]:
+    """Gold solutions plus error-injected ones (synthetic tasks), error_rate of the mixture."""
+    from cts.tasks.synthetic import corrupt_solution
+
+    rng = random.Random(seed)
+    pairs = [(p.prompt, p.reference) for p in problems]
+    corruptible = [p for p in problems if "ops" in p.meta]
+    if corruptible and error_rate > 0:
+        n_bad = round(len(pairs) * error_rate / (1 - error_rate)) if error_rate < 1 else len(pairs)
+        for i in range(n_bad):
+            p = corruptible[i % len(corruptible)]
+            pairs.append((p.prompt, corrupt_solution(p, rng)[0]))
+    return pairs
+
+
+def _write_final(out_final: str, *, ckpt_dir: str, params, config: dict, rows: list[dict]) -> None:
+    from cts.train.checkpoint import params_digest, save_params
+
+    final_dir = os.path.join(ckpt_dir, "final")
+    save_params(final_dir, params)
+    atomic_write_json(out_final, {
+        "params_dir": os.path.abspath(final_dir), "params_sha256": params_digest(params),
+        "steps": len(rows), "final_metrics": rows[-1] if rows else {}, "config": config,
+        "versions": _versions(),
+    })
+
+
+def load_final_params(runtime, final_path: str):
+    """The policy parameters a final.json points at, checked against its digest."""
+    from cts.train.checkpoint import load_params, params_digest
+
+    final = read_json(final_path)
+    params = load_params(final["params_dir"], {"policy": runtime.init_params})
+    if params_digest(params) != final["params_sha256"]:
+        raise DataError(f"{final_path}: the parameters in {final['params_dir']} do not match its "
+                        "params_sha256 (they were overwritten); rerun the job")
+    return params["policy"]
+
+
+def train_base(task: str, train_path: str, model_cfg: dict, tokenizer: str, base_cfg: dict,
+               ckpt_dir: str, out_final: str, log=print) -> None:
+    from cts.train.loop import LoopConfig, MethodSpec, TrainData, train
+    from cts.train.runtime import PolicyRuntime
+
+    problems = load_problems(train_path)
+    runtime = PolicyRuntime(model_cfg, tokenizer, seed=base_cfg["seed"], batch_size=base_cfg["batch_size"])
+    pairs = _base_pairs(problems, base_cfg["error_rate"], base_cfg["seed"])
+    loop = LoopConfig(steps=base_cfg["steps"], prompts_per_step=base_cfg["batch_size"],
+                      learning_rate=base_cfg["learning_rate"], warmup_steps=base_cfg["warmup_steps"],
+                      checkpoint_every=max(1, base_cfg["steps"] // 4), seed=base_cfg["seed"])
+    params, rows = train(runtime=runtime, init_params=runtime.init_params, ref_params=None,
+                         spec=MethodSpec(loss="sft"), data=TrainData(sft_pairs=pairs), loop=loop,
+                         ckpt_dir=ckpt_dir, log=log)
+    log(f"base policy: {len(pairs)} training sequences ({len(pairs) - len(problems)} with an injected error)")
+    _write_final(out_final, ckpt_dir=ckpt_dir, params=params["policy"],
+                 config={"task": task, "model": model_cfg, "tokenizer": tokenizer, "base_policy": base_cfg},
+                 rows=rows)
+
+
+# ----------------------------------------------------------------------------- rollouts, teacher
+
+def _runtime_from_final(final_path: str, batch_size: int):
+    from cts.train.runtime import PolicyRuntime
+
+    cfg = read_json(final_path)["config"]
+    runtime = PolicyRuntime(cfg["model"], cfg["tokenizer"], seed=0, batch_size=batch_size)
+    return runtime, load_final_params(runtime, final_path)
+
+
+def teacher_rollouts(base_final: str, split_paths: dict[str, str], rollouts_cfg: dict,
+                     out_attempts: str, log=print) -> None:
+    """y⁰: the base policy's greedy first attempt on every problem of the given splits."""
+    import jax
+
+    runtime, params = _runtime_from_final(base_final, rollouts_cfg["batch_size"])
+    rows = []
+    for split in sorted(split_paths):
+        problems = load_problems(split_paths[split])
+        attempts = runtime.generate(params, [p.prompt for p in problems], jax.random.key(0),
+                                    max_new_tokens=rollouts_cfg["max_new_tokens"],
+                                    batch_size=rollouts_cfg["batch_size"], greedy=True)
+        rows += [{"problem": p.to_row(), "attempt": a} for p, a in zip(problems, attempts)]
+        log(f"{split}: {len(problems)} attempts")
+    atomic_write_jsonl(out_attempts, rows)
+
+
+def teacher_critique(attempts_path: str, teacher_cfg: dict, out_quadruples: str, *,
+                     cache_dir: str | None = None, workers: int = 1, log=print) -> None:
+    rows = read_jsonl(attempts_path, required=("problem", "attempt"))
+    items = [(Problem.from_row(r["problem"], where=f"{attempts_path}:{i + 1}"), r["attempt"])
+             for i, r in enumerate(rows)]
+    kind = teacher_cfg.get("kind", "programmatic")
+    if kind == "programmatic":
+        from cts.teachers.programmatic import critique_many
+
+        quads = critique_many(items, workers=workers)
+    else:
+        from cts.teachers.llm import critique_many_llm
+
+        quads = critique_many_llm(items, provider=kind, model=teacher_cfg["model"],
+                                  cache_dir=cache_dir, limit=teacher_cfg.get("limit"),
+                                  max_reasks=teacher_cfg.get("max_reasks", 2), log=log)
+    out = [{**q.to_row(), "split": p.split} for q, (p, _) in zip(quads, items)]
+    atomic_write_jsonl(out_quadruples, out)
+    n_wrong = sum(not q.attempt_correct for q in quads)
+    log(f"{len(quads)} attempts critiqued; {n_wrong} flagged wrong ({n_wrong / max(1, len(quads)):.1%})")
+
+
+def taxonomy_tag(quadruples_path: str, attempts_path: str, out_tagged: str, out_summary: str,
+                 log=print) -> None:
+    """Re-tag every critique with the rule-based tagger; keep the teacher's own tag beside it."""
+    from cts.taxonomy import diagnose
+    from cts.verifiers.outcome import verify_many
+
+    qrows = read_jsonl(quadruples_path)
+    problems = {r["problem"]["id"]: Problem.from_row(r["problem"]) for r in read_jsonl(attempts_path)}
+    items = []
+    for i, r in enumerate(qrows):
+        if r["problem_id"] not in problems:
+            raise DataError(f"{quadruples_path}:{i + 1}: problem_id {r['problem_id']!r} not in {attempts_path}")
+        items.append((problems[r["problem_id"]], r["attempt"]))
+    verdicts = verify_many(items)
+    out, counts = [], Counter()
+    for r, (p, a), v in zip(qrows, items, verdicts):
+        d = diagnose(p, a, v.code_verdict)
+        teacher_tag = r.get("teacher_error_type")
+        if r.get("teacher", "programmatic") != "programmatic" and teacher_tag is None:
+            teacher_tag = r.get("error_type")
+        out.append({**r, "error_type": d.label, "teacher_error_type": teacher_tag, "horizon": p.horizon})
+        counts[(r.get("split"), d.label)] += 1
+    atomic_write_jsonl(out_tagged, out)
+    summary = {}
+    for (split, label), n in sorted(counts.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        summary.setdefault(str(split), {})[label] = n
+    atomic_write_json(out_summary, summary)
+    log(f"taxonomy: {summary}")
+
+
+# ----------------------------------------------------------------------------- fairness
+
+def train_fingerprint(cells: dict, manifest_paths: dict[str, str], out_path: str, log=print) -> None:
+    """Fail before any training job if two cells of a task differ in a fairness field."""
+    from cts.fingerprint import check_fingerprints, cell_fingerprint
+
+    manifests = {task: read_json(p) for task, p in manifest_paths.items()}
+    prints = {name: cell_fingerprint(c["cell"], c["shared"], manifests[c["cell"]["task"]])
+              for name, c in sorted(cells.items())}
+    check_fingerprints(prints)  # raises naming the cells and the field
+    atomic_write_json(out_path, prints)
+    log(f"{len(prints)} cells share their task's fingerprint")
+
+
+# ----------------------------------------------------------------------------- training cells
+
+def train_cell(cell: dict, base_final: str, train_path: str, tagged_path: str, ckpt_dir: str,
+               out_final: str, out_metrics: str, log=print) -> None:
+    from cts.train.loop import LoopConfig, MethodSpec, TrainData, train
+    from cts.train.runtime import PolicyRuntime
+
+    t = cell["train"]
+    spec = MethodSpec.from_cell(cell)
+    runtime = PolicyRuntime(cell["model"], cell["tokenizer"], seed=cell["seed"], batch_size=t["prompts_per_step"])
+    base_params = load_final_params(runtime, base_final)
+    problems = load_problems(train_path)
+    quads = [Quadruple.from_row({k: v for k, v in r.items() if k not in ("split", "horizon")},
+                                where=f"{tagged_path}:{i + 1}")
+             for i, r in enumerate(read_jsonl(tagged_path)) if r.get("split") == "train"]
+    data = TrainData(sft_pairs=[(q.prompt, q.revision) for q in quads], problems=problems,
+                     quadruples=quads, problems_by_id={p.id: p for p in problems})
+    loop = LoopConfig(seed=cell["seed"], **{k: t[k] for k in (
+        "steps", "prompts_per_step", "group_size", "learning_rate", "warmup_steps", "weight_decay",
+        "grad_clip", "max_new_tokens", "temperature", "top_p", "checkpoint_every")})
+    cts_setup = None
+    if spec.cts is not None:
+        from cts.train.cts_step import setup_cts
+
+        cts_setup = setup_cts(data)
+    params, rows = train(runtime=runtime, init_params=base_params, ref_params=base_params,
+                         spec=spec, data=data, loop=loop, ckpt_dir=ckpt_dir, log=log, cts_setup=cts_setup)
+    atomic_write_jsonl(out_metrics, rows)
+    _write_final(out_final, ckpt_dir=ckpt_dir, params=params["policy"], config=cell, rows=rows)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def eval_cell(final_path: str, test_path: str, tagged_path: str, eval_cfg: dict, method: str,
+              seed: int, out_problems: str, log=print) -> None:
+    """Per-problem held-out results: greedy pass@1, n samples for pass@k, first-error step."""
+    import jax
+
+    from cts.taxonomy import diagnose
+    from cts.verifiers.outcome import verify_many
+
+    problems = load_problems(test_path)
+    base = {r["problem_id"]: r for r in read_jsonl(tagged_path)}
+    runtime, params = _runtime_from_final(final_path, batch_size=64)
+    prompts = [p.prompt for p in problems]
+    greedy = runtime.generate(params, prompts, jax.random.key(seed), max_new_tokens=eval_cfg["max_new_tokens"],
+                              batch_size=64, greedy=True)
+    n = eval_cfg["n_samples"]
+    sampled = runtime.generate(params, [q for q in prompts for _ in range(n)], jax.random.key(10_000 + seed),
+                               max_new_tokens=eval_cfg["max_new_tokens"], batch_size=64,
+                               temperature=eval_cfg["temperature"])
+    v_greedy = verify_many(list(zip(problems, greedy)))
+    v_sampled = verify_many(list(zip([p for p in problems for _ in range(n)], sampled)))
+    rows = []
+    task = problems[0].task if problems else ""
+    for i, (p, g, v) in enumerate(zip(problems, greedy, v_greedy)):
+        b = base.get(p.id)
+        if b is None:
+            raise DataError(f"{tagged_path}: no base attempt for test problem {p.id}")
+        d = diagnose(p, g, v.code_verdict)
+        rows.append({
+            "problem_id": p.id, "task": task, "method": method, "seed": seed, "horizon": p.horizon,
+            "correct": bool(v.correct), "n_samples": n,
+            "n_correct": int(sum(x.correct for x in v_sampled[i * n:(i + 1) * n])),
+            "base_correct": bool(b["attempt_correct"]), "critiqued": not b["attempt_correct"],
+            "base_first_error_step": b["first_error_step"], "first_error_step": d.step,
+            "taxonomy": None if b["attempt_correct"] else b["error_type"],
+            "completion": g,
+        })
+    atomic_write_jsonl(out_problems, rows)
+    acc = sum(r["correct"] for r in rows) / max(1, len(rows))
+    log(f"{method} seed {seed}: greedy accuracy {acc:.3f} on {len(rows)} problems")

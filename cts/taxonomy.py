@@ -1,0 +1,256 @@
+"""Error taxonomy and the rule-based tagger.
+
+`diagnose(problem, attempt)` finds the first wrong step of an attempt, its character span, an
+error label and, where the problem's program is known (synthetic tasks), the correct step text.
+The programmatic teacher writes its critique and revision from a Diagnosis; the taxonomy stage
+re-tags every critique (LLM teachers' included) with the same rules, keeping the teacher's own
+tag beside it.
+
+Step indices refer to the attempt's reasoning steps (math: lines before `#### N`; code: the
+non-empty, non-comment lines of the function body). An error in the final-answer line itself
+(math) or in the return line (code) gets index n_steps — one past the last step.
+
+Labels
+  math: arithmetic_slip           an annotation `<<a op b=c>>` whose c is not a op b (or unparseable)
+        wrong_operation           a correct computation with an operator the problem does not ask for
+        misread_quantity          a correct computation on a number that is not the problem's
+        missing_step              a step of the problem skipped
+        wrong_final_answer_extraction  all steps right, the `#### N` line wrong or missing
+  code: syntax | runtime_error | timeout | wrong_output | wrong_algorithm
+For problems without a known program (GSM8K, MBPP) the math labels past arithmetic_slip and the
+code label wrong_output are heuristics (compared with the reference solution); see each branch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+from cts.tasks.schema import Problem
+from cts.tasks.synthetic import Op, apply_op, code_statement, math_step_line
+from cts.verifiers import math as mv
+
+__all__ = ["MATH_LABELS", "CODE_LABELS", "LABELS", "Diagnosis", "diagnose", "code_steps",
+           "math_steps", "parse_straight_line_code"]
+
+MATH_LABELS = ("arithmetic_slip", "wrong_operation", "misread_quantity", "missing_step",
+               "wrong_final_answer_extraction")
+CODE_LABELS = ("syntax", "runtime_error", "timeout", "wrong_output", "wrong_algorithm")
+LABELS = ("none", *MATH_LABELS, *CODE_LABELS)
+
+_ANNOT = re.compile(r"<<\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*>>")
+_STATEMENT = re.compile(r"^ {4}x = x ([-+*]) (\d+)$")
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Where and how an attempt goes wrong (step None = correct)."""
+
+    correct: bool
+    step: int | None
+    span: tuple[int, int] | None
+    label: str
+    n_steps: int
+    reason: str = ""
+    fix: str | None = None  # the correct text of the flagged step, when known
+
+
+def math_steps(attempt: str) -> list[tuple[int, int]]:
+    return mv.split_steps(attempt)
+
+
+def code_steps(attempt: str) -> list[tuple[int, int]]:
+    """Whitespace-stripped char spans of the body lines (one rule pipeline-wide: the teacher's)."""
+    from cts.teachers.prompts import attempt_steps  # prompts imports this module's labels
+
+    return attempt_steps("code", attempt)
+
+
+def _answer_line_span(attempt: str) -> tuple[int, int]:
+    """The `#### N` line (step index n_steps); an empty span at the end when there is none."""
+    from cts.teachers.prompts import answer_line_span
+
+    return answer_line_span(attempt) or (len(attempt), len(attempt))
+
+
+def _ops(problem: Problem) -> tuple[int, list[Op]] | None:
+    if "ops" not in problem.meta:
+        return None
+    return problem.meta["start"], [Op(s, k) for s, k in problem.meta["ops"]]
+
+
+# ----------------------------------------------------------------------------- math
+
+def _diagnose_math(problem: Problem, attempt: str) -> Diagnosis:
+    spans = math_steps(attempt)
+    n = len(spans)
+    if mv.is_correct(attempt, problem.answer):
+        return Diagnosis(True, None, None, "none", n)
+    checks = mv.check_steps(attempt)
+    for c in checks:
+        if not c.ok:
+            return Diagnosis(False, c.index, c.span, "arithmetic_slip", n,
+                             reason=f"the calculation in `{c.line.strip()}` is wrong")
+    program = _ops(problem)
+    if program is not None:
+        return _diagnose_synthetic_math(problem, attempt, spans, program)
+    return _diagnose_free_math(problem, attempt, spans)
+
+
+def _diagnose_synthetic_math(problem, attempt, spans, program) -> Diagnosis:
+    """Walk the attempt against the known program; the first divergence is the error."""
+    start, ops = program
+    n, value = len(spans), start
+    for i, (s, e) in enumerate(spans):
+        line = attempt[s:e]
+        if i >= len(ops):
+            return Diagnosis(False, i, (s, e), "wrong_operation", n,
+                             reason=f"step {i + 1} `{line}` is an extra operation the problem does not ask for")
+        m = _ANNOT.search(line)
+        if m is None:
+            return Diagnosis(False, i, (s, e), "arithmetic_slip", n,
+                             reason=f"step {i + 1} `{line}` has no readable calculation",
+                             fix=math_step_line(value, ops[i]))
+        a, sym, b = int(m.group(1)), m.group(2), int(m.group(3))
+        want = ops[i]
+        fix = math_step_line(value, want)
+        if a == value and sym == want.symbol and b == want.operand:
+            value = apply_op(value, want)
+            continue
+        nxt = ops[i + 1] if i + 1 < len(ops) else None
+        if a == value and nxt is not None and (sym, b) == (nxt.symbol, nxt.operand):
+            label, why = "missing_step", f"it skips the step `{want.symbol}{want.operand}`"
+        elif sym != want.symbol and a == value:
+            label, why = "wrong_operation", f"it uses `{sym}` where the problem says `{want.symbol}`"
+        else:
+            label, why = "misread_quantity", (f"it computes with {a}{sym}{b} but the problem gives "
+                                              f"{value}{want.symbol}{want.operand}")
+        return Diagnosis(False, i, (s, e), label, n, reason=f"step {i + 1} `{line}`: {why}", fix=fix)
+    if n < len(ops):
+        return Diagnosis(False, n, _answer_line_span(attempt), "missing_step", n,
+                         reason=f"the solution stops after {n} of {len(ops)} steps",
+                         fix=math_step_line(value, ops[n]))
+    return Diagnosis(False, n, _answer_line_span(attempt), "wrong_final_answer_extraction", n,
+                     reason=f"every step is right but the final answer should be {value}",
+                     fix=f"#### {value}")
+
+
+def _numbers(text: str) -> set[str]:
+    return {mv.normalize_answer(t) for t in re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)} - {None}
+
+
+def _diagnose_free_math(problem, attempt, spans) -> Diagnosis:
+    """Heuristics for problems without a known program (GSM8K): arithmetic is already clean."""
+    n = len(spans)
+    ref_steps = mv.split_steps(problem.reference)
+    last_result = None
+    known = _numbers(problem.prompt)
+    for i, (s, e) in enumerate(spans):
+        line = attempt[s:e]
+        for m in re.finditer(r"<<([^=<>]*)=([^<>]*)>>", line):
+            operands = _numbers(m.group(1))
+            if operands - known - {"1", "2", "100", "12", "60", "7", "24", "10"}:
+                return Diagnosis(False, i, (s, e), "misread_quantity", n,
+                                 reason=f"step {i + 1} uses a number found neither in the problem "
+                                        f"nor in an earlier step")
+            known |= _numbers(m.group(2))
+            last_result = mv.normalize_answer(m.group(2))
+    final = mv.normalize_answer(mv.extract_answer(attempt)) if "####" in attempt else None
+    if last_result is not None and (final is None or final != last_result) \
+            and mv.answers_match(last_result, problem.answer):
+        return Diagnosis(False, n, _answer_line_span(attempt), "wrong_final_answer_extraction", n,
+                         reason="the last computed value is right but the final answer line is not")
+    if n < len(ref_steps):
+        return Diagnosis(False, n, _answer_line_span(attempt), "missing_step", n,
+                         reason=f"the solution has {n} steps where {len(ref_steps)} are needed")
+    k = max(0, n - 1)
+    span = spans[k] if spans else _answer_line_span(attempt)
+    return Diagnosis(False, k if spans else n, span, "wrong_operation", n,
+                     reason="the computations are valid but combine the quantities wrongly")
+
+
+# ----------------------------------------------------------------------------- code
+
+def parse_straight_line_code(code: str) -> list[Op] | None:
+    """Ops of `def f(x): x = x op k ...; return x`, or None if the code is not of that form.
+
+    Code of exactly this form can be evaluated without executing it, which is what lets the
+    synthetic code task check thousands of rollouts per second; anything else goes to the sandbox.
+    """
+    lines = code.rstrip("\n").split("\n")
+    if len(lines) < 2 or lines[0] != "def f(x):" or lines[-1] != "    return x":
+        return None
+    ops = []
+    for line in lines[1:-1]:
+        m = _STATEMENT.match(line)
+        if m is None:
+            return None
+        ops.append(Op(m.group(1), int(m.group(2))))
+    return ops
+
+
+def _diagnose_code(problem: Problem, attempt: str, verdict) -> Diagnosis:
+    spans = code_steps(attempt)
+    n = len(spans)
+    if verdict.all_passed:
+        return Diagnosis(True, None, None, "none", n)
+    label = {"syntax": "syntax", "runtime": "runtime_error", "timeout": "timeout"}.get(
+        verdict.error_type, "wrong_output")
+    line_no = _error_line(verdict.first_failure or "")
+    lines = attempt.split("\n")
+    program = _ops(problem)
+    if program is not None and label == "wrong_output":
+        _, ops = program
+        body = [attempt[s:e] for s, e in spans]
+        for i, want in enumerate(ops):
+            if i >= len(body) - 1:  # last body line is `return x`
+                return Diagnosis(False, min(i, n - 1), spans[min(i, n - 1)], "wrong_algorithm", n,
+                                 reason=f"the function stops before the statement `{code_statement(want).strip()}`",
+                                 fix=code_statement(want))
+            if body[i] != code_statement(want).strip():
+                dropped = i + 1 < len(ops) and body[i] == code_statement(ops[i + 1]).strip()
+                return Diagnosis(False, i, spans[i], "wrong_algorithm" if dropped else "wrong_output", n,
+                                 reason=(f"statement {i + 1} `{body[i].strip()}` " +
+                                         ("skips a statement" if dropped else
+                                          f"should be `{code_statement(want).strip()}`")),
+                                 fix=code_statement(want))
+        k = min(len(ops), n - 1)
+        return Diagnosis(False, k, spans[k], "wrong_algorithm", n,
+                         reason="the function has statements the specification does not ask for",
+                         fix="    return x")
+    if line_no is not None and 1 <= line_no <= len(lines):
+        start = sum(len(x) + 1 for x in lines[: line_no - 1])
+        end = start + len(lines[line_no - 1])
+        step = next((i for i, (s, e) in enumerate(spans) if start <= s and e <= end), None)
+        if step is not None:
+            return Diagnosis(False, step, spans[step], label, n,
+                             reason=f"line {line_no} `{lines[line_no - 1].strip()}` fails ({label})")
+    # no line number: the first line that differs from the reference solution
+    ref = problem.reference.split("\n")
+    for i, (s, e) in enumerate(spans):
+        text = attempt[s:e]
+        if text not in (r.strip() for r in ref):
+            close = difflib.get_close_matches(text, ref, n=1)
+            return Diagnosis(False, i, (s, e), label, n,
+                             reason=f"`{text.strip()}` does not do what the task needs",
+                             fix=close[0] if close else None)
+    k = max(0, n - 1)
+    return Diagnosis(False, k, spans[k] if spans else (0, len(attempt)), label, n,
+                     reason=f"the program fails its tests ({label})")
+
+
+def _error_line(message: str) -> int | None:
+    nums = re.findall(r"line (\d+)", message)
+    return int(nums[-1]) if nums else None
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def diagnose(problem: Problem, attempt: str, code_verdict=None) -> Diagnosis:
+    """The rule-based tagger. For code problems pass the sandbox verdict of `attempt`."""
+    if problem.kind == "math":
+        return _diagnose_math(problem, attempt)
+    if code_verdict is None:
+        raise ValueError(f"problem {problem.id}: diagnosing code needs the sandbox verdict")
+    return _diagnose_code(problem, attempt, code_verdict)

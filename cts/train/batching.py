@@ -1,0 +1,98 @@
+"""Text → fixed-shape token batches: prompt/response masks and step/flag maps over the response.
+
+A sequence is `BOS prompt \\n response EOS`. The loss mask covers the response and its EOS. Step
+maps give, for each response token, the index of the reasoning step it belongs to (−1 outside
+any step), so the CTS trajectory can pool tokens into steps and α can localise the flagged step.
+Batches are right-padded to a length bucket (multiple of 64) so a run compiles a few shapes only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cts.model.tokenizer import Tokenizer
+
+__all__ = ["TokenBatch", "bucket_length", "encode_prompt", "make_batch", "char_spans_to_token_ids"]
+
+
+def bucket_length(n: int, max_len: int, multiple: int = 64) -> int:
+    return min(max_len, ((n + multiple - 1) // multiple) * multiple)
+
+
+def encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:
+    return [tok.bos_id, *tok.encode(prompt + "\n")]
+
+
+@dataclass
+class TokenBatch:
+    tokens: np.ndarray        # (B, T) int32
+    segment_ids: np.ndarray   # (B, T) int32, 1 real / 0 pad
+    loss_mask: np.ndarray     # (B, T) float32, 1 on response tokens (incl. EOS)
+    step_ids: np.ndarray      # (B, T) int32, step index of each response token, −1 elsewhere
+    flag: np.ndarray          # (B, T) float32, 1 on the tokens of the flagged span
+    response_start: np.ndarray  # (B,) int32, position of the first response token
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("tokens", "segment_ids", "loss_mask", "step_ids", "flag")}
+
+
+def char_spans_to_token_ids(tok: Tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Token [start, end) of each char span of `text` (exact for the char tokenizer; for BPE the
+    token boundaries are those of encoding the prefix, which can shift a merge by one token)."""
+    return [(len(tok.encode(text[:s])), len(tok.encode(text[:e]))) for s, e in spans]
+
+
+def make_batch(tok: Tokenizer, prompts: Sequence[str], responses: Sequence[str], max_len: int, *,
+               step_spans: Sequence[Sequence[tuple[int, int]]] | None = None,
+               flag_spans: Sequence[tuple[int, int] | None] | None = None,
+               pad_to: int | None = None, rows: int | None = None) -> TokenBatch:
+    """Tokenize (prompt, response) pairs; spans are char spans inside each response.
+
+    Raises ValueError naming the row if a sequence does not fit in `max_len`.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"make_batch: {len(prompts)} prompts vs {len(responses)} responses")
+    seqs, starts, steps, flags = [], [], [], []
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        head = encode_prompt(tok, p)
+        body = tok.encode(r)
+        seq = head + body + [tok.eos_id]
+        if len(seq) > max_len:
+            raise ValueError(f"make_batch: row {i} has {len(seq)} tokens > max_len={max_len} "
+                             f"(prompt {len(head)}, response {len(body) + 1}); raise model.max_len")
+        seqs.append(seq)
+        starts.append(len(head))
+        s_ids = np.full(len(seq), -1, np.int32)
+        if step_spans is not None:
+            for k, (a, b) in enumerate(char_spans_to_token_ids(tok, r, step_spans[i])):
+                s_ids[len(head) + a: len(head) + b] = k
+        steps.append(s_ids)
+        f = np.zeros(len(seq), np.float32)
+        if flag_spans is not None and flag_spans[i] is not None:
+            (a, b), = char_spans_to_token_ids(tok, r, [tuple(flag_spans[i])])
+            if b == a:  # an empty span (a missing final line) flags the EOS position
+                b = a + 1
+            f[len(head) + a: len(head) + b] = 1.0
+        flags.append(f)
+    n_rows = rows or len(seqs)
+    T = pad_to or bucket_length(max(len(s) for s in seqs), max_len)
+    out = TokenBatch(
+        tokens=np.full((n_rows, T), tok.pad_id, np.int32),
+        segment_ids=np.zeros((n_rows, T), np.int32),
+        loss_mask=np.zeros((n_rows, T), np.float32),
+        step_ids=np.full((n_rows, T), -1, np.int32),
+        flag=np.zeros((n_rows, T), np.float32),
+        response_start=np.zeros((n_rows,), np.int32),
+    )
+    for i, (seq, st) in enumerate(zip(seqs, starts)):
+        n = len(seq)
+        out.tokens[i, :n] = seq
+        out.segment_ids[i, :n] = 1
+        out.loss_mask[i, st:n] = 1.0
+        out.step_ids[i, :n] = steps[i]
+        out.flag[i, :n] = flags[i]
+        out.response_start[i] = st
+    return out

@@ -1,0 +1,90 @@
+"""The policy at run time: tokenizer, MaxText model split into (graph, params, rest), samplers.
+
+Training, rollouts and evaluation all go through a PolicyRuntime, so they build the model the
+same way and load the same checkpoints. Parameters are handled functionally (an `nnx.State`
+pytree) so the optimizer, the frozen reference and Orbax all see plain pytrees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from cts.model.policy import ModelConfig, build_policy, forward
+from cts.model.tokenizer import get_tokenizer
+from cts.train.batching import encode_prompt
+
+__all__ = ["PolicyRuntime", "limit_threads"]
+
+
+def limit_threads(n: int) -> int:
+    """Pin this process (and XLA's thread pool, sized from the affinity mask) to n cores.
+
+    Must run before JAX initialises its CPU backend. Returns the number of cores used.
+    """
+    n = max(1, int(n))
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        n = min(n, len(cpus))
+        os.sched_setaffinity(0, cpus[:n])
+    except (AttributeError, OSError):
+        pass
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    return n
+
+
+class PolicyRuntime:
+    """A tokenizer plus a MaxText decoder, with parameters kept outside the module."""
+
+    def __init__(self, model_cfg: dict, tokenizer: str, *, seed: int, batch_size: int = 8):
+        self.tok = get_tokenizer(tokenizer)
+        self.model_cfg = ModelConfig(vocab_size=self.tok.vocab_size, **model_cfg)
+        model, self.mesh = build_policy(self.model_cfg, seed=seed, batch_size=batch_size)
+        self.graphdef, self.init_params, self.rest = nnx.split(model, nnx.Param, ...)
+        self._samplers: dict = {}
+
+    # ------------------------------------------------------------------ forward
+    def merge(self, params):
+        return nnx.merge(self.graphdef, params, self.rest, copy=True)
+
+    def forward(self, params, tokens, segment_ids):
+        """(logits [B,T,V], hidden [B,T,D]) — pure in params, for use under jit/grad."""
+        return forward(self.merge(params), tokens, segment_ids)
+
+    # ------------------------------------------------------------------ sampling
+    def sampler(self, batch_size: int, max_prompt_len: int, max_new_tokens: int):
+        from cts.model.sampler import Sampler, SamplingConfig
+
+        key = (batch_size, max_prompt_len, max_new_tokens)
+        if key not in self._samplers:
+            # The decode cache only needs P + N positions, not the training max_len.
+            cfg = dataclasses.replace(self.model_cfg, max_len=max_prompt_len + max_new_tokens)
+            self._samplers[key] = Sampler(
+                cfg, SamplingConfig(max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens),
+                batch_size=batch_size, eos_id=self.tok.eos_id, pad_id=self.tok.pad_id)
+        return self._samplers[key]
+
+    def generate(self, params, prompts: list[str], rng: jax.Array, *, max_new_tokens: int,
+                 batch_size: int, greedy: bool = False, temperature: float = 1.0,
+                 top_p: float = 1.0) -> list[str]:
+        """Completions (text before EOS) for each prompt, in order, `batch_size` at a time."""
+        encoded = [encode_prompt(self.tok, p) for p in prompts]
+        if not encoded:
+            return []
+        longest = max(len(e) for e in encoded)
+        P = ((longest + 15) // 16) * 16  # a few prompt-length buckets, not one compile per length
+        sampler = self.sampler(batch_size, P, max_new_tokens)
+        out = []
+        for i in range(0, len(encoded), batch_size):
+            chunk = encoded[i:i + batch_size]
+            rng, key = jax.random.split(rng)
+            res = sampler(params, chunk, key, greedy=greedy, temperature=temperature, top_p=top_p)
+            for row, n in zip(np.asarray(res.tokens)[:len(chunk)], np.asarray(res.lengths)[:len(chunk)]):
+                ids = [int(t) for t in row[:n] if t != self.tok.eos_id and t != self.tok.pad_id]
+                out.append(self.tok.decode(ids))
+        return out

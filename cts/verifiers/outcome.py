@@ -1,0 +1,93 @@
+"""One verifier entry point for every task: is this completion right, and how right.
+
+`verify(problem, completion)` returns a Verdict with
+  correct     — math: the final answer matches; code: every test passes (the B2 outcome reward);
+  step_score  — math: fraction of `<<a op b=c>>` annotations that re-evaluate correctly (1.0 when
+                there are none); code: fraction of tests passed (the B3 verifier reward's extra term);
+  code_verdict — the sandbox verdict for code (None for math), which the taxonomy tagger reads.
+
+Synthetic code of the exact straight-line form `def f(x): x = x op k ...; return x` is evaluated
+without executing it (cts.taxonomy.parse_straight_line_code) — same semantics, thousands of times
+faster than a sandboxed process; everything else runs in the sandbox.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cts.tasks.schema import Problem
+from cts.tasks.synthetic import apply_op
+from cts.verifiers import math as mv
+
+__all__ = ["Verdict", "verify", "verify_many"]
+
+_ASSERT = re.compile(r"^assert f\((-?\d+)\) == (-?\d+)$")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    step_score: float
+    code_verdict: object | None = None
+
+
+def _verify_math(problem: Problem, completion: str) -> Verdict:
+    checks = mv.check_steps(completion)
+    annotations = [a for c in checks for a in c.annotations]
+    ok = sum(a.ok for a in annotations)
+    return Verdict(correct=mv.is_correct(completion, problem.answer),
+                   step_score=ok / len(annotations) if annotations else 1.0)
+
+
+def _fast_code_verdict(problem: Problem, completion: str):
+    """Straight-line synthetic code: evaluate the ops on each test input, no process needed."""
+    from cts.taxonomy import parse_straight_line_code
+    from cts.verifiers.code import CodeVerdict
+
+    if problem.task != "synth_code":
+        return None
+    ops = parse_straight_line_code(completion)
+    cases = [_ASSERT.match(t) for t in problem.tests]
+    if ops is None or not all(cases):
+        return None
+    passed, first_failure = 0, None
+    for m in cases:
+        value = int(m.group(1))
+        for op in ops:
+            value = apply_op(value, op)
+        if value == int(m.group(2)):
+            passed += 1
+        elif first_failure is None:
+            first_failure = f"{m.group(0)} failed: f({m.group(1)}) returned {value}"
+    total = len(cases)
+    return CodeVerdict(passed=passed, total=total, all_passed=passed == total,
+                       error_type="none" if passed == total else "wrong_output",
+                       first_failure=first_failure)
+
+
+def verify(problem: Problem, completion: str) -> Verdict:
+    return verify_many([(problem, completion)])[0]
+
+
+def verify_many(items: Sequence[tuple[Problem, str]], workers: int = 1) -> list[Verdict]:
+    """Verdicts in order; code that needs the sandbox is run `workers` at a time."""
+    out: list[Verdict | None] = [None] * len(items)
+    sandbox_idx = []
+    for i, (problem, completion) in enumerate(items):
+        if problem.kind == "math":
+            out[i] = _verify_math(problem, completion)
+            continue
+        fast = _fast_code_verdict(problem, completion)
+        if fast is None:
+            sandbox_idx.append(i)
+        else:
+            out[i] = Verdict(fast.all_passed, fast.passed / max(fast.total, 1), fast)
+    if sandbox_idx:
+        from cts.verifiers.code import verify_many as sandbox_verify_many
+
+        verdicts = sandbox_verify_many([items[i] for i in sandbox_idx], workers=workers)
+        for i, v in zip(sandbox_idx, verdicts):
+            out[i] = Verdict(v.all_passed, v.passed / max(v.total, 1), v)
+    return out  # type: ignore[return-value]

@@ -1,0 +1,57 @@
+# Validation and input functions only; logic lives in cts/ (cts.config).
+import os
+
+from snakemake.utils import validate
+
+from cts.config import cell_config, cells, fairness_fields, method_ids
+
+
+validate(config, schema="../schemas/workflow_config.schema.yaml")
+
+TASKS = config["tasks"]
+METHODS = method_ids(config)
+SEEDS = [str(s) for s in config["seeds"]]
+CELLS = cells(config)
+CKPT_ROOT = config.get("paths", {}).get("checkpoints", "work/checkpoints")
+# JAX jobs claim every core Snakemake was given, so they run one at a time; each caps its XLA
+# threads at min(granted threads, jax_threads, cores of this machine) — no oversubscription.
+JAX_THREADS = workflow.cores
+
+
+wildcard_constraints:
+    task="|".join(TASKS),
+    method="|".join(m.replace("-", "\\-") for m in METHODS),
+    seed=r"\d+",
+    split="train|dev|test",
+
+
+def jax_threads_cap():
+    return min(config.get("resources", {}).get("jax_threads", 2), os.cpu_count() or 1)
+
+
+def get_final_outputs():
+    return ["results/table.md", "results/power.md", "results/audit/provenance.json"]
+
+
+def get_cell_config(wildcards):
+    return cell_config(config, wildcards.task, wildcards.method, int(wildcards.seed))
+
+
+def get_all_fairness():
+    return {
+        f"{c.task}/{c.method}/seed{c.seed}": {
+            "cell": cell_config(config, c.task, c.method, c.seed),
+            "shared": fairness_fields(config, c.task),
+        }
+        for c in CELLS
+    }
+
+
+def get_eval_files():
+    return [
+        f"results/eval/{c.task}/{c.method}/seed{c.seed}/problems.jsonl" for c in CELLS
+    ]
+
+
+def get_metrics_files():
+    return [f"results/train/{c.task}/{c.method}/seed{c.seed}/metrics.jsonl" for c in CELLS]

@@ -1,0 +1,19 @@
+rule eval_cell:
+    input:
+        final="results/train/{task}/{method}/seed{seed}/final.json",
+        test=f"results/splits/{{task}}/{config['eval']['split']}.jsonl",
+        tagged="results/taxonomy/{task}/tagged.jsonl",
+    output:
+        "results/eval/{task}/{method}/seed{seed}/problems.jsonl",
+    params:
+        eval=config["eval"],
+        method=lambda w: w.method,
+        seed=lambda w: w.seed,
+        jax_threads=jax_threads_cap(),
+    log:
+        "logs/eval/eval_cell/{task}/{method}/seed{seed}.log",
+    benchmark:
+        "benchmarks/eval/eval_cell/{task}/{method}/seed{seed}.tsv"
+    threads: JAX_THREADS
+    script:
+        "../scripts/eval_cell.py"

@@ -1,0 +1,8 @@
+import os
+
+from cts.script_support import stage_logger
+
+log = stage_logger(snakemake)
+from cts.stages import data_split
+
+data_split(snakemake.input[0], snakemake.params.splits, os.path.dirname(snakemake.output.manifest), log=log)

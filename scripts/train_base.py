@@ -1,0 +1,8 @@
+from cts.script_support import stage_logger
+
+log = stage_logger(snakemake)
+from cts.stages import train_base
+
+p = snakemake.params
+train_base(snakemake.wildcards.task, snakemake.input.train, p.model, p.tokenizer, p.base_policy,
+           p.ckpt_dir, snakemake.output[0], log=log)
