@@ -94,11 +94,11 @@ def load_final_params(runtime, final_path: str):
     from cts.train.checkpoint import load_params, params_digest
 
     final = read_json(final_path)
-    params = load_params(final["params_dir"], {"policy": runtime.init_params})
+    params = load_params(final["params_dir"], runtime.init_params)
     if params_digest(params) != final["params_sha256"]:
         raise DataError(f"{final_path}: the parameters in {final['params_dir']} do not match its "
                         "params_sha256 (they were overwritten); rerun the job")
-    return params["policy"]
+    return params
 
 
 def train_base(task: str, train_path: str, model_cfg: dict, tokenizer: str, base_cfg: dict,
@@ -158,12 +158,20 @@ def teacher_critique(attempts_path: str, teacher_cfg: dict, out_quadruples: str,
         from cts.teachers.programmatic import critique_many
 
         quads = critique_many(items, workers=workers)
-    else:
-        from cts.teachers.llm import critique_many_llm
+    else:  # an LLM through the official SDK; the key comes from the environment only
+        from cts.teachers.cache import ResponseCache
+        from cts.teachers.cli import run_teacher
+        from cts.teachers.llm import CostLog, LLMTeacher, LLMTeacherConfig
 
-        quads = critique_many_llm(items, provider=kind, model=teacher_cfg["model"],
-                                  cache_dir=cache_dir, limit=teacher_cfg.get("limit"),
-                                  max_reasks=teacher_cfg.get("max_reasks", 2), log=log)
+        if teacher_cfg.get("limit"):
+            items = items[: teacher_cfg["limit"]]
+        cache_dir = cache_dir or "work/teacher_cache"
+        teacher = LLMTeacher(LLMTeacherConfig(provider=kind, model=teacher_cfg["model"],
+                                              max_reasks=teacher_cfg.get("max_reasks", 2)),
+                             cache=ResponseCache(cache_dir),
+                             cost_log=CostLog(os.path.join(cache_dir, "cost.jsonl")))
+        rows, _ = run_teacher(teacher, items, workers=workers)
+        quads = [Quadruple.from_row(r) for r in rows]
     out = [{**q.to_row(), "split": p.split} for q, (p, _) in zip(quads, items)]
     atomic_write_jsonl(out_quadruples, out)
     n_wrong = sum(not q.attempt_correct for q in quads)
@@ -286,3 +294,33 @@ def eval_cell(final_path: str, test_path: str, tagged_path: str, eval_cfg: dict,
     atomic_write_jsonl(out_problems, rows)
     acc = sum(r["correct"] for r in rows) / max(1, len(rows))
     log(f"{method} seed {seed}: greedy accuracy {acc:.3f} on {len(rows)} problems")
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def _power_plan(config_subset: dict, manifest_paths: dict[str, str], eval_split: str) -> dict:
+    return {**config_subset,
+            "n_test_problems": {t: read_json(p)["splits"][eval_split]["n"] for t, p in sorted(manifest_paths.items())}}
+
+
+def stats_power(plan_cfg: dict, manifest_paths: dict[str, str], eval_split: str, out_md: str,
+                log=print) -> None:
+    """MDE of every planned comparison, from the config and split sizes alone (before training)."""
+    from cts.stats.power import write_power_report
+
+    rows = write_power_report(_power_plan(plan_cfg, manifest_paths, eval_split), out_md)
+    log(f"power: {len(rows)} planned comparisons")
+
+
+def stats_table(eval_files: list[str], metrics_files: list[str], plan_cfg: dict,
+                manifest_paths: dict[str, str], eval_split: str, stats_cfg: dict, out_md: str,
+                out_json: str, fig_dir: str, log=print) -> None:
+    from cts.stats.table import build_table
+
+    os.makedirs(fig_dir, exist_ok=True)
+    build_table(sorted(eval_files), base=plan_cfg["base"], ablation_base=plan_cfg.get("ablation_base"),
+                metrics_files=sorted(metrics_files),
+                power_plan=_power_plan(plan_cfg, manifest_paths, eval_split),
+                seed=stats_cfg["seed"], n_boot=stats_cfg["n_boot"], alpha=stats_cfg["alpha"],
+                out_md=out_md, out_json=out_json, fig_dir=fig_dir)
+    log(f"table from {len(eval_files)} eval files → {out_md}")

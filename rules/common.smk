@@ -30,7 +30,12 @@ def jax_threads_cap():
 
 
 def get_final_outputs():
-    return ["results/table.md", "results/power.md", "results/audit/provenance.json"]
+    return [
+        "results/table.md",
+        "results/power.md",
+        "results/audit/provenance.json",
+        "results/audit/dag.svg",
+    ]
 
 
 def get_cell_config(wildcards):
@@ -55,3 +60,14 @@ def get_eval_files():
 
 def get_metrics_files():
     return [f"results/train/{c.task}/{c.method}/seed{c.seed}/metrics.jsonl" for c in CELLS]
+
+
+def get_power_plan():
+    return {
+        "tasks": TASKS,
+        "methods": list(config["methods"]),
+        "base": config["base_method"],
+        "ablation_base": config.get("ablation_base", "B5"),
+        "ablations": [m for m in METHODS if "-" in m],
+        "seeds": [int(s) for s in config["seeds"]],
+    }
