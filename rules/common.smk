@@ -71,3 +71,15 @@ def get_power_plan():
         "ablations": [m for m in METHODS if "-" in m],
         "seeds": [int(s) for s in config["seeds"]],
     }
+
+
+# Cheap bookkeeping rules run where Snakemake runs, never on a TPU VM (gcp_tpu profile).
+localrules:
+    data_prepare,
+    data_split,
+    taxonomy_tag,
+    train_fingerprint,
+    stats_power,
+    stats_table,
+    audit_dag,
+    audit_provenance,

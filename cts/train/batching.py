@@ -42,14 +42,21 @@ class TokenBatch:
 def char_spans_to_token_ids(tok: Tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """Token [start, end) of each char span of `text` (exact for the char tokenizer; for BPE the
     token boundaries are those of encoding the prefix, which can shift a merge by one token)."""
+    if getattr(tok, "name", "") == "char":  # one token per character, U+FFFD placeholders included
+        return [(s, e) for s, e in spans]
     return [(len(tok.encode(text[:s])), len(tok.encode(text[:e]))) for s, e in spans]
 
 
 def make_batch(tok: Tokenizer, prompts: Sequence[str], responses: Sequence[str], max_len: int, *,
                step_spans: Sequence[Sequence[tuple[int, int]]] | None = None,
                flag_spans: Sequence[tuple[int, int] | None] | None = None,
-               pad_to: int | None = None, rows: int | None = None) -> TokenBatch:
+               pad_to: int | None = None, rows: int | None = None,
+               response_ids: Sequence[Sequence[int]] | None = None,
+               finished: Sequence[bool] | None = None) -> TokenBatch:
     """Tokenize (prompt, response) pairs; spans are char spans inside each response.
+
+    For sampled responses pass `response_ids` (the sampled ids, used as they are) and `finished`
+    (EOS is appended only to responses that ended with it).
 
     Raises ValueError naming the row if a sequence does not fit in `max_len`.
     """
@@ -58,8 +65,9 @@ def make_batch(tok: Tokenizer, prompts: Sequence[str], responses: Sequence[str],
     seqs, starts, steps, flags = [], [], [], []
     for i, (p, r) in enumerate(zip(prompts, responses)):
         head = encode_prompt(tok, p)
-        body = tok.encode(r)
-        seq = head + body + [tok.eos_id]
+        body = list(response_ids[i]) if response_ids is not None else tok.encode(r)
+        ended = finished[i] if finished is not None else True
+        seq = head + body + ([tok.eos_id] if ended else [])
         if len(seq) > max_len:
             raise ValueError(f"make_batch: row {i} has {len(seq)} tokens > max_len={max_len} "
                              f"(prompt {len(head)}, response {len(body) + 1}); raise model.max_len")

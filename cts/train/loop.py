@@ -214,8 +214,9 @@ def _grpo_batch(runtime, params, data: TrainData, spec: MethodSpec, loop: LoopCo
     problems = [data.problems[i] for i in idx for _ in range(loop.group_size)]  # groups contiguous
     prompts = [p.prompt for p in problems]
     t0 = time.perf_counter()
-    completions = runtime.generate(params["policy"], prompts, key, max_new_tokens=loop.max_new_tokens,
-                                   batch_size=len(prompts), temperature=loop.temperature, top_p=loop.top_p)
+    completions, ids, finished = runtime.generate(
+        params["policy"], prompts, key, max_new_tokens=loop.max_new_tokens, batch_size=len(prompts),
+        temperature=loop.temperature, top_p=loop.top_p, return_ids=True)
     t_sample = time.perf_counter() - t0
     verdicts = verify_many(list(zip(problems, completions)))
     rewards = grpo_rewards(spec, verdicts)
@@ -228,7 +229,7 @@ def _grpo_batch(runtime, params, data: TrainData, spec: MethodSpec, loop: LoopCo
     longest_prompt = max(len(encode_prompt(runtime.tok, p.prompt)) for p in data.problems)
     pad_to = bucket_length(longest_prompt + loop.max_new_tokens + 1, runtime.model_cfg.max_len)
     b = make_batch(runtime.tok, prompts, completions, runtime.model_cfg.max_len, flag_spans=flags,
-                   pad_to=pad_to)
+                   pad_to=pad_to, response_ids=ids, finished=finished)
     host = {"reward/mean": float(rewards.mean()), "reward/accuracy": float(np.mean([v.correct for v in verdicts])),
             "time/sample_s": t_sample, "rollout/mean_len": float(np.mean([len(c) for c in completions]))}
     return {"grpo": {**b.as_dict(), "rewards": rewards}}, host, quads

@@ -69,22 +69,44 @@ class PolicyRuntime:
                 batch_size=batch_size, eos_id=self.tok.eos_id, pad_id=self.tok.pad_id)
         return self._samplers[key]
 
+    def decode_lenient(self, ids: list[int]) -> str:
+        """Text of sampled ids; an id outside the tokenizer's used vocabulary (a tiny model can
+        sample the padding ids) becomes U+FFFD, one character per id, so spans stay aligned."""
+        try:
+            return self.tok.decode(ids)
+        except ValueError:
+            out = []
+            for i in ids:
+                try:
+                    out.append(self.tok.decode([i]))
+                except ValueError:
+                    out.append("\ufffd")
+            return "".join(out)
+
     def generate(self, params, prompts: list[str], rng: jax.Array, *, max_new_tokens: int,
                  batch_size: int, greedy: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0) -> list[str]:
-        """Completions (text before EOS) for each prompt, in order, `batch_size` at a time."""
+                 top_p: float = 1.0, return_ids: bool = False):
+        """Completions (text before EOS) for each prompt, in order, `batch_size` at a time.
+
+        With return_ids, returns (texts, ids, finished): the sampled token ids (EOS excluded) and
+        whether each completion ended with EOS — training uses the ids, never a re-tokenization.
+        """
         encoded = [encode_prompt(self.tok, p) for p in prompts]
         if not encoded:
             return []
         longest = max(len(e) for e in encoded)
         P = ((longest + 15) // 16) * 16  # a few prompt-length buckets, not one compile per length
         sampler = self.sampler(batch_size, P, max_new_tokens)
-        out = []
+        texts, all_ids, finished = [], [], []
         for i in range(0, len(encoded), batch_size):
             chunk = encoded[i:i + batch_size]
             rng, key = jax.random.split(rng)
             res = sampler(params, chunk, key, greedy=greedy, temperature=temperature, top_p=top_p)
             for row, n in zip(np.asarray(res.tokens)[:len(chunk)], np.asarray(res.lengths)[:len(chunk)]):
-                ids = [int(t) for t in row[:n] if t != self.tok.eos_id and t != self.tok.pad_id]
-                out.append(self.tok.decode(ids))
-        return out
+                ids = [int(t) for t in row[:n]]
+                done = bool(ids) and ids[-1] == self.tok.eos_id
+                ids = ids[:-1] if done else ids
+                texts.append(self.decode_lenient(ids))
+                all_ids.append(ids)
+                finished.append(done)
+        return (texts, all_ids, finished) if return_ids else texts

