@@ -1,0 +1,453 @@
+"""The CTS objective terms: latent trajectory, localisation, energy critic, latent edit, losses.
+
+    L = L_GRPO + λ₁·L_align(R_θ, sg(R*)) + λ₂·L_decode(y¹ | x, y⁰, f) + λ₃·L_E
+
+  R_θ = P_φ(h_{1:T})                       projected final hidden states of the attempt y⁰
+  U_ψ(R, f) = Σ_t α_t E_ψ(r_t, e_f)         energy of a trajectory under the critique f
+  R* = R_θ − η ∇_R U_ψ(R_θ, f)  (K steps)   the latent edit, used as a stop-gradient target
+  L_E = softplus(m + E_ψ(r_rev, e_f) − E_ψ(r_att, e_f))   the critic's contrastive loss
+
+Rows whose `flag` is all zero (the attempt was already correct) have α = 0 and contribute no CTS
+loss: they are dropped from the batch means of L_align and L_E (not counted as zeros).
+
+Gradient routing: L_align trains θ (through `hidden`) and φ (P_φ); R* is a stop-gradient target,
+and ψ is stop-gradiented inside the edit as well, so ψ learns only from L_E. L_E sees
+stop-gradient latents, so it trains only ψ (E_ψ, W, and the learned critique table if any).
+L_decode is computed by the training loop as NLL(y¹ | `format_decode_context(x, y⁰, f)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cts.io import sha256_text
+from cts.losses.alignment import AlignmentConfig, alignment_loss
+
+__all__ = [
+    "CTSConfig",
+    "CTSHeads",
+    "DECODE_TEMPLATE",
+    "cts_loss",
+    "cts_total",
+    "critique_embedding",
+    "decode_template_hash",
+    "energy_loss",
+    "flagged_latent",
+    "format_decode_context",
+    "latent_edit",
+    "localisation_weights",
+    "trajectory",
+    "trajectory_energy",
+]
+
+TRAJECTORY_LEVELS = ("token", "step")
+CRITIQUE_EMBEDDINGS = ("pooled", "learned")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CTSConfig:
+    """Settings of the CTS auxiliary terms (frozen, hashable: a static jit argument).
+
+    Attributes:
+      latent_dim: d, output size of P_φ; None = no projection (R = h, d = D).
+      trajectory: "token" (N = T positions) or "step" (tokens mean-pooled per reasoning step,
+        N = max_steps positions).
+      max_steps: static number of step slots at step level; tokens with step id >= max_steps are
+        ignored (the loop must size it to its data: max step id + 1).
+      eta: η, step size of the latent edit.
+      edit_steps: K, number of gradient steps of the edit.
+      alpha_width: width (in positions: tokens or steps) of the Gaussian tail of α around the
+        flagged span; 0 = indicator of the span. α sums to 1 over valid positions.
+      energy_hidden: hidden width of the E_ψ MLP.
+      critique_embedding: "pooled" (e_f = the loop's pooled critique hidden states, [B, D_c]) or
+        "learned" (e_f = a learned table row per critique id, [B]).
+      num_critique_ids: size of the learned table (critique_embedding == "learned").
+      lam_align: λ₁ (A1: 0).
+      lam_decode: λ₂ (A4: 0).
+      lam_energy: λ₃.
+      energy_margin: m, the softplus margin of L_E.
+      energy_freeze: A5, the critic is frozen at its initialisation: L_E is not added (its value
+        is still reported) and the loop must keep ψ out of the optimizer (weight decay!).
+      alignment: AlignmentConfig of L_align (A2: kind "l2", A3: kind "soft_dtw").
+      online_critique: A6, the loop regenerates critiques online (this module ignores it).
+    """
+
+    latent_dim: int | None = 64
+    trajectory: str = "token"
+    max_steps: int = 32
+    eta: float = 0.1
+    edit_steps: int = 1
+    alpha_width: float = 1.0
+    energy_hidden: int = 128
+    critique_embedding: str = "pooled"
+    num_critique_ids: int = 0
+    lam_align: float = 0.1
+    lam_decode: float = 1.0
+    lam_energy: float = 0.1
+    energy_margin: float = 1.0
+    energy_freeze: bool = False
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    online_critique: bool = False
+
+    def __post_init__(self):
+        def bad(name, want):
+            raise ValueError(f"CTSConfig.{name} must be {want}, got {getattr(self, name)!r}")
+
+        if self.latent_dim is not None and not (isinstance(self.latent_dim, int) and self.latent_dim > 0):
+            bad("latent_dim", "None or an int > 0")
+        if self.trajectory not in TRAJECTORY_LEVELS:
+            bad("trajectory", f"one of {TRAJECTORY_LEVELS}")
+        if not (isinstance(self.max_steps, int) and self.max_steps > 0):
+            bad("max_steps", "an int > 0")
+        if not self.eta >= 0:
+            bad("eta", ">= 0")
+        if not (isinstance(self.edit_steps, int) and self.edit_steps >= 0):
+            bad("edit_steps", "an int >= 0")
+        if not self.alpha_width >= 0:
+            bad("alpha_width", ">= 0")
+        if not (isinstance(self.energy_hidden, int) and self.energy_hidden > 0):
+            bad("energy_hidden", "an int > 0")
+        if self.critique_embedding not in CRITIQUE_EMBEDDINGS:
+            bad("critique_embedding", f"one of {CRITIQUE_EMBEDDINGS}")
+        if self.critique_embedding == "learned" and not (
+                isinstance(self.num_critique_ids, int) and self.num_critique_ids > 0):
+            bad("num_critique_ids", "an int > 0 when critique_embedding='learned'")
+        for name in ("lam_align", "lam_decode", "lam_energy", "energy_margin"):
+            if not getattr(self, name) >= 0:
+                bad(name, ">= 0")
+        for name in ("energy_freeze", "online_critique"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "a bool")
+        if not isinstance(self.alignment, AlignmentConfig):
+            bad("alignment", "an AlignmentConfig")
+
+    def replace(self, **changes) -> "CTSConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Heads
+# ----------------------------------------------------------------------------------------------
+
+class CTSHeads(nnx.Module):
+    """P_φ (optional D→d linear), E_ψ (MLP on [r_t, W e_f] → scalar), optional critique table.
+
+    Args:
+      hidden_dim: D, the policy's hidden size.
+      critique_dim: D_c, size of e_f (pooled critique states, or the learned table's width).
+      cfg: CTSConfig.
+      rngs: nnx.Rngs.
+    """
+
+    def __init__(self, hidden_dim: int, critique_dim: int, cfg: CTSConfig, *, rngs: nnx.Rngs):
+        d = hidden_dim if cfg.latent_dim is None else cfg.latent_dim
+        self.latent_dim = d
+        self.project = None if cfg.latent_dim is None else nnx.Linear(hidden_dim, d, rngs=rngs)  # P_φ
+        self.critique_proj = nnx.Linear(critique_dim, d, use_bias=False, rngs=rngs)  # W (part of ψ)
+        self.energy_in = nnx.Linear(2 * d, cfg.energy_hidden, rngs=rngs)  # E_ψ layer 1
+        self.energy_out = nnx.Linear(cfg.energy_hidden, 1, rngs=rngs)  # E_ψ layer 2
+        self.critique_table = (
+            nnx.Embed(cfg.num_critique_ids, critique_dim, rngs=rngs)
+            if cfg.critique_embedding == "learned" else None)
+
+    def latents(self, hidden: jax.Array) -> jax.Array:
+        """[..., D] -> [..., d]."""
+        return hidden if self.project is None else self.project(hidden)
+
+    def energy(self, r: jax.Array, e_f: jax.Array) -> jax.Array:
+        """E_ψ(r, e_f): r [..., d], e_f [..., D_c] (broadcast against r) -> [...].
+
+        Smooth (tanh) so that ∇_r E, which drives the edit, is not piecewise constant.
+        """
+        c = self.critique_proj(e_f)  # (..., d)
+        c = jnp.broadcast_to(c, r.shape)
+        h = jnp.tanh(self.energy_in(jnp.concatenate([r, c], axis=-1)))  # (..., H)
+        return self.energy_out(h)[..., 0]
+
+
+def critique_embedding(heads: CTSHeads, critique: jax.Array, cfg: CTSConfig) -> jax.Array:
+    """e_f [B, D_c]: the pooled critique states as given (stop-gradient), or the table rows of
+    the ids [B] (trained through L_E only)."""
+    if cfg.critique_embedding == "pooled":
+        if critique.ndim != 2:
+            raise ValueError(f"critique_emb must be [B, D_c] for critique_embedding='pooled', got {critique.shape}")
+        return jax.lax.stop_gradient(critique)
+    if critique.ndim != 1 or not jnp.issubdtype(critique.dtype, jnp.integer):
+        raise ValueError(f"critique_ids must be an int [B] array for critique_embedding='learned', "
+                         f"got {critique.dtype}{critique.shape}")
+    return heads.critique_table(critique)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trajectory and localisation
+# ----------------------------------------------------------------------------------------------
+
+def _check_tokens(hidden, mask, step_ids, flag=None):
+    if hidden.ndim != 3:
+        raise ValueError(f"hidden must be [B, T, D], got shape {hidden.shape}")
+    B, T, _ = hidden.shape
+    for name, arr in (("mask", mask), ("step_ids", step_ids), ("flag", flag)):
+        if arr is not None and arr.shape != (B, T):
+            raise ValueError(f"{name} must have shape {(B, T)} like hidden, got {arr.shape}")
+
+
+def _step_onehot(mask, step_ids, num_steps):
+    """[B, T] mask, [B, T] step ids -> [B, S, T] float membership of token t in step s."""
+    slots = jnp.arange(num_steps)[None, :, None]  # (1, S, 1)
+    member = (step_ids[:, None, :] == slots) & (mask[:, None, :] > 0)  # (B, S, T)
+    return member.astype(jnp.float32)
+
+
+def _times(valid: jax.Array, dtype) -> jax.Array:
+    """[B, N] bool -> [B, N] position / last valid position, in [0, 1]; 0 where invalid."""
+    pos = jnp.arange(valid.shape[1], dtype=dtype)[None, :]
+    last = jnp.max(jnp.where(valid, pos, 0.0), axis=1, keepdims=True)
+    return jnp.where(valid, pos / jnp.maximum(last, 1.0), 0.0)
+
+
+def trajectory(heads: CTSHeads, hidden: jax.Array, mask: jax.Array, step_ids: jax.Array,
+               cfg: CTSConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """R_θ = P_φ(h) on the trajectory grid.
+
+    Args:
+      hidden: [B, T, D] final hidden states of the response (right-padded).
+      mask: [B, T] 1 on real tokens.
+      step_ids: [B, T] int, 0-based step index per token, −1 outside any step (step level only).
+
+    Returns:
+      R [B, N, d]; weights [B, N] uniform over valid positions (sum 1; all 0 for an empty row);
+      times [B, N] in [0, 1]. Token level: N = T. Step level: N = cfg.max_steps, each step the
+      mean of its tokens (pooling before the linear P_φ is the same as after), absent steps get
+      weight 0. Time of a step = step index / last present step index.
+    """
+    _check_tokens(hidden, mask, step_ids)
+    if cfg.trajectory == "token":
+        valid = mask > 0  # (B, T)
+        R = heads.latents(hidden)  # (B, T, d)
+    else:
+        member = _step_onehot(mask, step_ids, cfg.max_steps).astype(hidden.dtype)  # (B, S, T)
+        count = jnp.sum(member, axis=-1)  # (B, S)
+        pooled = jnp.einsum("bst,btd->bsd", member, hidden) / jnp.maximum(count, 1.0)[..., None]  # (B, S, D)
+        valid = count > 0
+        R = heads.latents(pooled)  # (B, S, d)
+    w = valid.astype(R.dtype)
+    weights = w / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1.0)
+    return R, weights, _times(valid, R.dtype)
+
+
+def localisation_weights(flag: jax.Array, mask: jax.Array, step_ids: jax.Array, cfg: CTSConfig) -> jax.Array:
+    """α [B, N]: where the critique points, on the trajectory grid.
+
+    A position is flagged if it is a flagged token (token level) or a step containing a flagged
+    token (step level). α_t ∝ exp(−dist_t² / (2 w²)) with dist_t the distance (in positions) to the
+    nearest flagged position (0 inside the span, so the span is a plateau) and w = alpha_width
+    (w = 0: indicator of the span), restricted to valid positions and normalized to sum 1.
+    Rows with no flagged token get α = 0 (no edit, no CTS loss).
+    """
+    if flag.shape != mask.shape or step_ids.shape != mask.shape:
+        raise ValueError(f"flag {flag.shape}, mask {mask.shape}, step_ids {step_ids.shape} must share [B, T]")
+    if cfg.trajectory == "token":
+        valid = mask > 0
+        flagged = (flag > 0) & valid  # (B, T)
+    else:
+        member = _step_onehot(mask, step_ids, cfg.max_steps)  # (B, S, T)
+        valid = jnp.sum(member, axis=-1) > 0  # (B, S)
+        flagged = jnp.einsum("bst,bt->bs", member, (flag > 0).astype(jnp.float32)) > 0
+    n = valid.shape[1]
+    pos = jnp.arange(n, dtype=jnp.float32)
+    gap = jnp.abs(pos[:, None] - pos[None, :])  # (N, N)
+    dist = jnp.min(jnp.where(flagged[:, None, :], gap[None], jnp.inf), axis=-1)  # (B, N), inf if no flag
+    if cfg.alpha_width > 0:
+        raw = jnp.exp(-0.5 * (dist / cfg.alpha_width) ** 2)
+    else:
+        raw = (dist == 0).astype(jnp.float32)
+    raw = jnp.where(valid & jnp.isfinite(dist), raw, 0.0)
+    return raw / jnp.maximum(jnp.sum(raw, axis=1, keepdims=True), 1e-30)
+
+
+# ----------------------------------------------------------------------------------------------
+# Energy and latent edit
+# ----------------------------------------------------------------------------------------------
+
+def trajectory_energy(heads: CTSHeads, R: jax.Array, alpha: jax.Array, e_f: jax.Array) -> jax.Array:
+    """U_ψ(R, f) = Σ_t α_t E_ψ(r_t, e_f): R [B, N, d], alpha [B, N], e_f [B, D_c] -> [B]."""
+    energies = heads.energy(R, e_f[:, None, :])  # (B, N)
+    return jnp.sum(alpha * energies, axis=1)
+
+
+def latent_edit(heads: CTSHeads, R: jax.Array, alpha: jax.Array, e_f: jax.Array, cfg: CTSConfig) -> jax.Array:
+    """R* after K steps R ← R − η ∇_R U_ψ(R, f); R, R* [B, N, d], alpha [B, N], e_f [B, D_c].
+
+    The output is a stop-gradient target: no gradient reaches θ, φ (through R) or ψ (the critic's
+    parameters are stop-gradiented too, so ψ learns only from L_E, never from moving the target).
+    Positions with α_t = 0 (padding, rows without a flag) are not moved.
+    """
+    graphdef, state = nnx.split(heads)
+    critic = nnx.merge(graphdef, jax.lax.stop_gradient(state))
+    R0 = jax.lax.stop_gradient(R)
+    e_f = jax.lax.stop_gradient(e_f)
+
+    def total_energy(r):
+        return jnp.sum(trajectory_energy(critic, r, alpha, e_f))  # rows are independent
+
+    def step(r, _):
+        return r - cfg.eta * jax.grad(total_energy)(r), None
+
+    R_star, _ = jax.lax.scan(step, R0, None, length=cfg.edit_steps)
+    return jax.lax.stop_gradient(R_star)
+
+
+def flagged_latent(heads: CTSHeads, hidden: jax.Array, mask: jax.Array, flag: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean projected latent of the flagged tokens: hidden [B, T, D], mask/flag [B, T] ->
+    (r [B, d], has_flag [B] bool). Rows without flagged tokens get r = 0, has_flag = False."""
+    sel = ((flag > 0) & (mask > 0)).astype(hidden.dtype)  # (B, T)
+    count = jnp.sum(sel, axis=1)  # (B,)
+    pooled = jnp.einsum("bt,btd->bd", sel, hidden) / jnp.maximum(count, 1.0)[:, None]  # (B, D)
+    return heads.latents(pooled), count > 0
+
+
+def energy_loss(heads: CTSHeads, R_attempt_flagged: jax.Array, R_revision_flagged: jax.Array,
+                e_f: jax.Array, cfg: CTSConfig, *, row_mask: jax.Array | None = None
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """L_E = mean_b softplus(m + E_ψ(r_rev, e_f) − E_ψ(r_att, e_f)) over counted rows.
+
+    Pushes E low on the revision's corrected step and high on the attempt's flagged step, with
+    margin m = energy_margin. The latents are stop-gradiented: only ψ is trained by L_E.
+
+    Args:
+      R_attempt_flagged: [B, d] latent of the attempt's flagged step (`flagged_latent`).
+      R_revision_flagged: [B, d] latent of the revision's corresponding step.
+      e_f: [B, D_c] critique embedding.
+      row_mask: optional [B] bool/float, rows to count (rows without a flag: 0).
+
+    Returns:
+      (loss [], metrics: energy/attempt, energy/revision, energy/gap (att − rev), energy/acc).
+    """
+    if R_attempt_flagged.ndim != 2 or R_attempt_flagged.shape != R_revision_flagged.shape:
+        raise ValueError(f"R_attempt_flagged {R_attempt_flagged.shape} and R_revision_flagged "
+                         f"{R_revision_flagged.shape} must both be [B, d]")
+    B = R_attempt_flagged.shape[0]
+    w = jnp.ones((B,), jnp.float32) if row_mask is None else jnp.asarray(row_mask, jnp.float32)
+    e_att = heads.energy(jax.lax.stop_gradient(R_attempt_flagged), e_f)  # (B,)
+    e_rev = heads.energy(jax.lax.stop_gradient(R_revision_flagged), e_f)  # (B,)
+    per_row = jax.nn.softplus(cfg.energy_margin + e_rev - e_att)
+    denom = jnp.maximum(jnp.sum(w), 1.0)
+
+    def wmean(v):
+        return jnp.sum(w * v) / denom
+
+    loss = wmean(per_row)
+    metrics = {
+        "energy/attempt": wmean(e_att),
+        "energy/revision": wmean(e_rev),
+        "energy/gap": wmean(e_att - e_rev),
+        "energy/acc": wmean((e_att > e_rev).astype(jnp.float32)),
+    }
+    return loss, metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Objective
+# ----------------------------------------------------------------------------------------------
+
+def cts_loss(heads: CTSHeads, hidden: jax.Array, mask: jax.Array, step_ids: jax.Array, flag: jax.Array,
+             critique: jax.Array, hidden_rev: jax.Array, mask_rev: jax.Array, step_ids_rev: jax.Array,
+             flag_rev: jax.Array, cfg: CTSConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """λ₁·L_align(R_θ, sg(R*)) + λ₃·L_E and metrics (L_GRPO, L_decode: see `cts_total`).
+
+    Args:
+      hidden, mask, step_ids, flag: [B, T, D], [B, T] ×3 for the attempt y⁰.
+      critique: [B, D_c] pooled critique states ("pooled") or [B] int ids ("learned").
+      hidden_rev, mask_rev, step_ids_rev, flag_rev: [B, T', D], [B, T'] ×3 for the revision y¹.
+
+    Returns:
+      (aux [], metrics): metrics hold the unweighted `cts/align`, `cts/energy`, `cts/aux_total`,
+      `cts/active_frac`, `cts/edit_norm` and the `ot/*`, `align/*`, `energy/*` diagnostics.
+      A term with λ = 0 (or L_E under energy_freeze) is not added at all, so removing it is
+      bit-identical; its value is still reported.
+    """
+    _check_tokens(hidden, mask, step_ids, flag)
+    _check_tokens(hidden_rev, mask_rev, step_ids_rev, flag_rev)
+    e_f = critique_embedding(heads, critique, cfg)  # (B, D_c)
+
+    # TRAJECTORY, LOCALISATION, EDIT
+    R, weights, times = trajectory(heads, hidden, mask, step_ids, cfg)  # (B, N, d), (B, N), (B, N)
+    alpha = localisation_weights(flag, mask, step_ids, cfg)  # (B, N)
+    active = jnp.sum(alpha, axis=1) > 0  # (B,) rows with a flagged step
+    R_star = latent_edit(heads, R, alpha, e_f, cfg)  # (B, N, d), stop-gradient
+
+    # ALIGNMENT
+    align, align_metrics = alignment_loss(R, weights, times, R_star, weights, times, cfg.alignment,
+                                          row_weights=active.astype(R.dtype))
+
+    # ENERGY CRITIC
+    r_att, has_att = flagged_latent(heads, hidden, mask, flag)  # (B, d)
+    r_rev, has_rev = flagged_latent(heads, hidden_rev, mask_rev, flag_rev)  # (B, d)
+    energy, energy_metrics = energy_loss(heads, r_att, r_rev, e_f, cfg, row_mask=active & has_att & has_rev)
+
+    aux = jnp.zeros((), R.dtype)
+    if cfg.lam_align != 0:
+        aux = aux + cfg.lam_align * align
+    if cfg.lam_energy != 0 and not cfg.energy_freeze:
+        aux = aux + cfg.lam_energy * energy
+
+    edit = jnp.sqrt(jnp.sum((R_star - jax.lax.stop_gradient(R)) ** 2, axis=-1))  # (B, N)
+    n_active = jnp.maximum(jnp.sum(active), 1)
+    metrics = {
+        "cts/align": align,
+        "cts/energy": energy,
+        "cts/aux_total": aux,
+        "cts/active_frac": jnp.mean(active.astype(jnp.float32)),
+        "cts/edit_norm": jnp.sum(jnp.where(active, jnp.max(edit, axis=1), 0.0)) / n_active,
+        **align_metrics,
+        **energy_metrics,
+    }
+    return aux, metrics
+
+
+def cts_total(grpo: jax.Array, align: jax.Array, decode: jax.Array, energy: jax.Array, cfg: CTSConfig) -> jax.Array:
+    """L = L_GRPO + λ₁ L_align + λ₂ L_decode + λ₃ L_E, with all four terms UNWEIGHTED scalars.
+
+    A term whose λ is 0 (and L_E under energy_freeze) is skipped, not multiplied by 0, so the
+    ablation is bit-identical to the loss without it, gradients included (0·NaN would not be).
+    """
+    total = grpo
+    if cfg.lam_align != 0:
+        total = total + cfg.lam_align * align
+    if cfg.lam_decode != 0:
+        total = total + cfg.lam_decode * decode
+    if cfg.lam_energy != 0 and not cfg.energy_freeze:
+        total = total + cfg.lam_energy * energy
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# Decode context
+# ----------------------------------------------------------------------------------------------
+
+DECODE_TEMPLATE = (
+    "{prompt}\n\n"
+    "### First attempt\n{attempt}\n\n"
+    "### Critique\n{critique}\n\n"
+    "### Revised solution\n"
+)
+"""The context under which the loop scores y¹: L_decode = −log π_θ(y¹ | DECODE_TEMPLATE(x, y⁰, f)),
+summed over the revision's tokens only (the context tokens are not scored)."""
+
+
+def format_decode_context(prompt: str, attempt: str, critique: str) -> str:
+    """Fill DECODE_TEMPLATE; braces inside the texts are kept verbatim."""
+    for name, value in (("prompt", prompt), ("attempt", attempt), ("critique", critique)):
+        if not isinstance(value, str):
+            raise TypeError(f"format_decode_context: {name} must be a str, got {type(value).__name__}")
+    return DECODE_TEMPLATE.format(prompt=prompt, attempt=attempt, critique=critique)
+
+
+def decode_template_hash() -> str:
+    """sha256 of DECODE_TEMPLATE, to store next to every checkpoint that used it."""
+    return sha256_text(DECODE_TEMPLATE)

@@ -1,0 +1,224 @@
+"""Tests of cts.losses.cts_objective: trajectory, localisation, edit, energy loss, ablation isolation."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cts.losses.alignment import AlignmentConfig
+from cts.losses.cts_objective import (
+    CTSConfig, CTSHeads, cts_loss, cts_total, decode_template_hash, energy_loss, format_decode_context,
+    latent_edit, localisation_weights, trajectory)
+
+B, T, D, DC = 3, 8, 6, 5
+FAST_ALIGN = AlignmentConfig(kind="sinkhorn", epsilon=1.0, max_iterations=200)
+
+
+def _cfg(**kw):
+    base = dict(latent_dim=4, max_steps=4, energy_hidden=8, alignment=FAST_ALIGN, eta=0.5, edit_steps=2)
+    base.update(kw)
+    return CTSConfig(**base)
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.array([[1] * 8, [1] * 6 + [0] * 2, [1] * 5 + [0] * 3], np.float32)
+    step_ids = np.array([[0, 0, 1, 1, 1, 2, 2, 3], [0, 0, 1, 1, 2, 2, -1, -1], [0, 1, 1, 2, 2, -1, -1, -1]], np.int32)
+    flag = np.zeros((B, T), np.float32)
+    flag[0, 2:5] = 1  # step 1
+    flag[1, 4:6] = 1  # step 2; row 2 correct -> no flag
+    return dict(
+        hidden=jnp.asarray(rng.normal(size=(B, T, D)), jnp.float32), mask=jnp.asarray(mask),
+        step_ids=jnp.asarray(step_ids), flag=jnp.asarray(flag),
+        critique=jnp.asarray(rng.normal(size=(B, DC)), jnp.float32),
+        hidden_rev=jnp.asarray(rng.normal(size=(B, T, D)), jnp.float32), mask_rev=jnp.asarray(mask),
+        step_ids_rev=jnp.asarray(step_ids), flag_rev=jnp.asarray(flag))
+
+
+def _heads(cfg, seed=0):
+    return CTSHeads(D, DC, cfg, rngs=nnx.Rngs(seed))
+
+
+def test_config_validation_names_field():
+    with pytest.raises(ValueError, match="trajectory"):
+        CTSConfig(trajectory="sentence")
+    with pytest.raises(ValueError, match="lam_align"):
+        CTSConfig(lam_align=-1.0)
+    with pytest.raises(ValueError, match="num_critique_ids"):
+        CTSConfig(critique_embedding="learned")
+    hash(CTSConfig())  # static jit argument
+
+
+def test_step_trajectory_pools_and_times():
+    cfg = _cfg(latent_dim=None, trajectory="step")
+    b = _batch()
+    R, w, t = trajectory(_heads(cfg), b["hidden"], b["mask"], b["step_ids"], cfg)
+    assert R.shape == (B, 4, D)
+    h = np.asarray(b["hidden"])
+    np.testing.assert_allclose(R[0, 1], h[0, 2:5].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(w[1], [1 / 3, 1 / 3, 1 / 3, 0], rtol=1e-6)
+    np.testing.assert_allclose(t[0], [0, 1 / 3, 2 / 3, 1], rtol=1e-6)
+    np.testing.assert_allclose(t[2], [0, 0.5, 1, 0], rtol=1e-6)
+
+
+def test_token_trajectory_projection_and_weights():
+    cfg = _cfg()
+    b = _batch()
+    heads = _heads(cfg)
+    R, w, t = trajectory(heads, b["hidden"], b["mask"], b["step_ids"], cfg)
+    np.testing.assert_allclose(R, heads.project(b["hidden"]), rtol=1e-6)
+    np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(t[1, :6], np.arange(6) / 5, rtol=1e-6)
+
+
+def test_localisation_weights_handcomputed():
+    b = _batch()
+    a0 = localisation_weights(b["flag"], b["mask"], b["step_ids"], _cfg(trajectory="step", alpha_width=0.0))
+    np.testing.assert_allclose(a0, [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]], atol=1e-7)
+    a1 = localisation_weights(b["flag"], b["mask"], b["step_ids"], _cfg(trajectory="step", alpha_width=1.0))
+    g = np.exp(-0.5)
+    np.testing.assert_allclose(a1[1], np.array([np.exp(-2), g, 1, 0]) / (np.exp(-2) + g + 1), rtol=1e-6)
+    at = localisation_weights(b["flag"], b["mask"], b["step_ids"], _cfg(alpha_width=0.0))
+    np.testing.assert_allclose(at[0], np.array([0, 0, 1, 1, 1, 0, 0, 0]) / 3, rtol=1e-6)
+
+
+def test_latent_edit_matches_manual_gradient_steps_and_is_stop_gradient():
+    cfg = _cfg(trajectory="step", edit_steps=2, eta=0.3)
+    b = _batch()
+    heads = _heads(cfg)
+    R, _, _ = trajectory(heads, b["hidden"], b["mask"], b["step_ids"], cfg)
+    alpha = localisation_weights(b["flag"], b["mask"], b["step_ids"], cfg)
+    R_star = latent_edit(heads, R, alpha, b["critique"], cfg)
+    r = np.asarray(R)
+    for _ in range(2):  # independent: per-position gradient of α_t E(r_t)
+        gr = jax.vmap(jax.vmap(jax.grad(lambda v, e: heads.energy(v, e)), (0, None)))(jnp.asarray(r), b["critique"])
+        r = r - 0.3 * np.asarray(alpha)[..., None] * np.asarray(gr)
+    np.testing.assert_allclose(R_star, r, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(R_star[2], R[2])  # no flag -> no edit
+    g = jax.grad(lambda h: jnp.sum(latent_edit(heads, trajectory(heads, h, b["mask"], b["step_ids"], cfg)[0],
+                                               alpha, b["critique"], cfg)))(b["hidden"])
+    np.testing.assert_array_equal(g, 0.0)
+
+
+def test_energy_loss_handcomputed_and_only_trains_psi():
+    cfg = _cfg(energy_margin=0.5)
+    heads = _heads(cfg)
+    rng = np.random.default_rng(1)
+    ra, rr = jnp.asarray(rng.normal(size=(B, 4)), jnp.float32), jnp.asarray(rng.normal(size=(B, 4)), jnp.float32)
+    e = jnp.asarray(rng.normal(size=(B, DC)), jnp.float32)
+    loss, m = energy_loss(heads, ra, rr, e, cfg, row_mask=jnp.array([1.0, 1.0, 0.0]))
+    ea, er = np.asarray(heads.energy(ra, e)), np.asarray(heads.energy(rr, e))
+    expect = np.mean(np.log1p(np.exp(0.5 + er[:2] - ea[:2])))
+    np.testing.assert_allclose(float(loss), expect, rtol=1e-5)
+    np.testing.assert_allclose(float(m["energy/gap"]), np.mean(ea[:2] - er[:2]), rtol=1e-5)
+    g = jax.grad(lambda a: energy_loss(heads, a, rr, e, cfg)[0])(ra)
+    np.testing.assert_array_equal(g, 0.0)
+
+
+def _term_grads(cfg, decode_scale=1.0, seed=0):
+    """Values and gradients (w.r.t. heads params and hidden) of each term separately."""
+    b = _batch(seed)
+    heads = _heads(cfg, seed)
+    graphdef, params = nnx.split(heads)
+
+    def terms(params, hidden):
+        h = nnx.merge(graphdef, params)
+        _, m = cts_loss(h, hidden, b["mask"], b["step_ids"], b["flag"], b["critique"], b["hidden_rev"],
+                        b["mask_rev"], b["step_ids_rev"], b["flag_rev"], cfg)
+        decode = decode_scale * jnp.sum(hidden ** 2)  # stand-in for the loop's NLL
+        grpo = jnp.mean(hidden)  # stand-in for L_GRPO
+        return {"align": m["cts/align"], "energy": m["cts/energy"], "decode": decode, "grpo": grpo,
+                "total": cts_total(grpo, m["cts/align"], decode, m["cts/energy"], cfg)}
+
+    vals = terms(params, b["hidden"])
+    grads = {k: jax.grad(lambda p, h: terms(p, h)[k], argnums=(0, 1))(params, b["hidden"]) for k in vals}
+    return vals, grads
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def _equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(_leaves(a), _leaves(b)))
+
+
+ABLATIONS = {
+    "A1": (dict(lam_align=0.0), "align_weight"),
+    "A2": (dict(alignment=AlignmentConfig(kind="l2")), "align"),
+    "A3": (dict(alignment=AlignmentConfig(kind="soft_dtw", gamma=0.5)), "align"),
+    "A4": (dict(lam_decode=0.0), "decode_weight"),
+    "A5": (dict(energy_freeze=True), "energy_weight"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+def test_ablation_changes_only_its_own_term(ablation):
+    changes, own = ABLATIONS[ablation]
+    base_cfg = _cfg()
+    cfg = dataclasses.replace(base_cfg, **changes)
+    v0, g0 = _term_grads(base_cfg)
+    v1, g1 = _term_grads(cfg)
+    for term in ("align", "energy", "decode", "grpo"):
+        if own == "align" and term == "align":
+            assert not np.array_equal(v0[term], v1[term])
+            continue
+        assert np.array_equal(v0[term], v1[term]), term
+        assert _equal(g0[term], g1[term]), term
+    # the total is the unablated sum minus exactly the removed weighted term
+    lam = {"align_weight": ("lam_align", "align"), "decode_weight": ("lam_decode", "decode"),
+           "energy_weight": ("lam_energy", "energy")}.get(own)
+    if lam is not None:
+        rest = {k: v for k, v in (("lam_align", "align"), ("lam_decode", "decode"), ("lam_energy", "energy"))}
+        expect = v0["grpo"]
+        for lam_name, term in (("lam_align", "align"), ("lam_decode", "decode"), ("lam_energy", "energy")):
+            if lam_name != lam[0]:
+                expect = expect + getattr(base_cfg, lam_name) * v0[term]
+        assert np.array_equal(v1["total"], expect)
+        del rest
+
+
+def test_cts_total_zero_lambda_is_bit_identical_even_with_nan_term():
+    cfg = _cfg(lam_align=0.0, lam_decode=0.0, lam_energy=0.0)
+    g = jax.grad(lambda x: cts_total(x ** 2, jnp.nan * x, jnp.log(-x), jnp.inf * x, cfg))(jnp.float32(1.5))
+    assert float(g) == 3.0
+    full = _cfg(lam_align=0.5, lam_decode=2.0, lam_energy=0.25)
+    assert float(cts_total(1.0, 2.0, 3.0, 4.0, full)) == 1.0 + 1.0 + 6.0 + 1.0
+
+
+def test_cts_loss_jits_learned_embedding_and_correct_rows_drop_out():
+    cfg = _cfg(critique_embedding="learned", num_critique_ids=3, trajectory="step")
+    b = _batch()
+    heads = _heads(cfg)
+    ids = jnp.array([0, 2, 1], jnp.int32)
+    graphdef, params = nnx.split(heads)
+
+    @jax.jit
+    def f(params, hidden):
+        return cts_loss(nnx.merge(graphdef, params), hidden, b["mask"], b["step_ids"], b["flag"], ids,
+                        b["hidden_rev"], b["mask_rev"], b["step_ids_rev"], b["flag_rev"], cfg)
+
+    aux, m = f(params, b["hidden"])
+    assert np.isfinite(float(aux)) and float(m["cts/active_frac"]) == pytest.approx(2 / 3)
+    for k in ("cts/align", "cts/energy", "ot/converged", "ot/n_iters", "cts/edit_norm"):
+        assert k in m
+    # row 2 has no flag: its hidden states get no gradient from the CTS terms
+    g = jax.grad(lambda h: f(params, h)[0])(b["hidden"])
+    np.testing.assert_array_equal(g[2], 0.0)
+    assert np.any(np.asarray(g[0]) != 0)
+    with pytest.raises(ValueError, match="critique_ids"):
+        cts_loss(heads, b["hidden"], b["mask"], b["step_ids"], b["flag"], b["critique"], b["hidden_rev"],
+                 b["mask_rev"], b["step_ids_rev"], b["flag_rev"], cfg)
+
+
+def test_decode_template():
+    s = format_decode_context("What is {x}?", "2+2=5", "Step 1 is wrong.")
+    assert s.startswith("What is {x}?\n\n### First attempt\n2+2=5")
+    assert s.endswith("### Revised solution\n")
+    assert len(decode_template_hash()) == 64
+    with pytest.raises(TypeError, match="critique"):
+        format_decode_context("p", "a", None)
