@@ -61,8 +61,8 @@ UNKNOWN_CHAR = "\ufffd"
 class CharTokenizer:
     """PAD=0, BOS=1, EOS=2, then '\\n' (3) and printable ASCII 32..126 (4..98); 128 ids in all.
 
-    The 99 used ids are padded to 128 (`VOCAB_MULTIPLE`). Special ids decode to nothing except
-    BOS/EOS, which decode to nothing as well (they carry no text); PAD is skipped.
+    The 99 used ids are padded to 128 (`VOCAB_MULTIPLE`). PAD, BOS and EOS decode to nothing
+    (they carry no text); the padding ids 99..127 decode to U+FFFD, which encodes to unk_id = 99.
     """
 
     name = "char"

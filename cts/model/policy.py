@@ -1,0 +1,251 @@
+"""The policy: a small MaxText decoder used as a library (config, build, forward, log-probs).
+
+MaxText builds the network (`maxtext.models.models.Transformer`); this module fixes the few
+config keys that make it run as a plain CPU/GPU/TPU library (no checkpointing, no distributed
+init, synthetic data, a private compilation cache) and exposes pure functions of the model:
+
+    forward(model, tokens, segment_ids) -> (logits [B, T, V], hidden [B, T, D])
+    token_logprobs(logits, tokens)      -> [B, T]
+
+`hidden` is the FINAL, POST-NORM hidden state: the decoder returns the last layer's output
+before its final norm; `forward` applies `model.decoder.decoder_norm` to it, so
+`logits == hidden @ W_out` exactly (W_out = `decoder.logits_dense.kernel` [D, V], or the
+embedding table transposed when `logits_via_embedding`). tests/test_policy.py checks this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+__all__ = [
+    "ModelConfig",
+    "DECODER_BLOCKS",
+    "maxtext_config",
+    "build_policy",
+    "forward",
+    "token_logprobs",
+    "output_head_weight",
+]
+
+# Dense (non-MoE, text-only) MaxText blocks that a small config can build; MoE/multimodal
+# blocks need many more keys than ModelConfig carries.
+DECODER_BLOCKS = ("default", "llama2", "mistral", "gemma", "qwen3", "simple")
+_DTYPES = ("float32", "bfloat16")
+_MODES = ("train", "prefill", "autoregressive")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Architecture of the policy; each field maps onto one MaxText key.
+
+    vocab_size   → vocab_size (tokenizer's padded size; 128 = CharTokenizer)
+    emb_dim      → base_emb_dim (D)
+    num_heads    → base_num_query_heads
+    num_kv_heads → base_num_kv_heads (must divide num_heads: grouped-query attention)
+    head_dim     → head_dim
+    mlp_dim      → base_mlp_dim
+    num_layers   → base_num_decoder_layers (L)
+    max_len      → max_target_length (T: longest prompt + completion in train mode)
+    dtype        → dtype (activations); weights are always float32 so optimizer updates are exact
+    decoder_block→ decoder_block, one of DECODER_BLOCKS
+    """
+
+    vocab_size: int = 128
+    emb_dim: int = 128
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    head_dim: int = 32
+    mlp_dim: int = 512
+    num_layers: int = 2
+    max_len: int = 256
+    dtype: str = "float32"
+    decoder_block: str = "default"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "emb_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim", "num_layers", "max_len"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {v!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"ModelConfig.num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}"
+            )
+        if self.max_len < 2:
+            raise ValueError(f"ModelConfig.max_len must be >= 2, got {self.max_len}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"ModelConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.decoder_block not in DECODER_BLOCKS:
+            raise ValueError(f"ModelConfig.decoder_block must be one of {DECODER_BLOCKS}, got {self.decoder_block!r}")
+
+    @property
+    def num_params_estimate(self) -> int:
+        """Rough parameter count (attention + MLP + embedding + head), for logs and FLOP estimates."""
+        d, h, kv, hd = self.emb_dim, self.num_heads, self.num_kv_heads, self.head_dim
+        attn = d * hd * (h + 2 * kv) + h * hd * d
+        mlp = 3 * d * self.mlp_dim if self.decoder_block != "default" else 2 * d * self.mlp_dim
+        return self.num_layers * (attn + mlp) + 2 * self.vocab_size * d
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _hardware() -> str:
+    """MaxText's `hardware` key for the active JAX backend (cpu unless a GPU/TPU is in use)."""
+    backend = jax.default_backend()
+    return {"gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}.get(backend, "cpu")
+
+
+def maxtext_config(
+    cfg: ModelConfig,
+    *,
+    batch_size: int,
+    mode: str = "train",
+    max_prefill_len: int | None = None,
+    run_dir: str | None = None,
+):
+    """MaxText `HyperParameters` for `cfg`.
+
+    Args:
+      cfg: the architecture.
+      batch_size: global batch B (one device here, so per_device_batch_size = B / devices).
+      mode: "train" | "prefill" | "autoregressive". Non-train modes fix the KV cache shapes:
+        prefill cache P = max_prefill_len, decode cache T − P with T = cfg.max_len.
+      max_prefill_len: P, required for non-train modes, 1 <= P < cfg.max_len.
+      run_dir: where MaxText may write (compile cache under run_dir/jax_cache); a fresh temp dir
+        when None. Never ~/jax_cache, so concurrent jobs do not share one cache directory.
+    """
+    from maxtext.configs import pyconfig  # heavy import (6–9 s): keep it out of module import
+
+    if mode not in _MODES:
+        raise ValueError(f"maxtext_config: mode must be one of {_MODES}, got {mode!r}")
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"maxtext_config: batch_size must be a positive int, got {batch_size!r}")
+    n_dev = jax.device_count()
+    if batch_size % n_dev:
+        raise ValueError(f"maxtext_config: batch_size={batch_size} is not divisible by {n_dev} devices")
+    if mode == "train":
+        prefill = max_prefill_len or max(1, cfg.max_len // 2)  # unused in train mode but must be < T
+    else:
+        if max_prefill_len is None:
+            raise ValueError(f"maxtext_config: mode={mode!r} needs max_prefill_len")
+        prefill = max_prefill_len
+    if not 1 <= prefill < cfg.max_len:
+        raise ValueError(f"maxtext_config: max_prefill_len={prefill} must be in [1, max_len={cfg.max_len})")
+    if run_dir is None:
+        run_dir = tempfile.mkdtemp(prefix="cts-maxtext-")
+    os.makedirs(run_dir, exist_ok=True)
+    return pyconfig.initialize(
+        None,
+        run_name="cts_policy",
+        base_output_directory=os.path.join(run_dir, "maxtext"),
+        jax_cache_dir=os.path.join(run_dir, "jax_cache"),
+        hardware=_hardware(),
+        enable_checkpointing=False,
+        skip_jax_distributed_system=True,
+        dataset_type="synthetic",
+        decoder_block=cfg.decoder_block,
+        base_emb_dim=cfg.emb_dim,
+        base_num_query_heads=cfg.num_heads,
+        base_num_kv_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        base_mlp_dim=cfg.mlp_dim,
+        base_num_decoder_layers=cfg.num_layers,
+        vocab_size=cfg.vocab_size,
+        max_target_length=cfg.max_len,
+        max_prefill_predict_length=prefill,
+        per_device_batch_size=batch_size / n_dev,
+        dtype=cfg.dtype,
+        weight_dtype="float32",
+        attention="dot_product",
+        scan_layers=False,  # per-layer params: simpler trees, and L is small
+        enable_dropout=False,
+        log_config=False,
+    )
+
+
+def build_policy(cfg: ModelConfig, *, seed: int, batch_size: int, mode: str = "train",
+                 max_prefill_len: int | None = None, run_dir: str | None = None):
+    """Build the MaxText Transformer (train mode by default) and its mesh.
+
+    Returns:
+      (model, mesh). Weights are a pure function of (cfg, seed). The model is built under
+      `jax.set_mesh(mesh)`; callers should jit/run under the same mesh (otherwise the first
+      training step recompiles).
+    """
+    from maxtext.utils import maxtext_utils, model_creation_utils
+
+    mt_cfg = maxtext_config(cfg, batch_size=batch_size, mode=mode, max_prefill_len=max_prefill_len, run_dir=run_dir)
+    mesh = maxtext_utils.get_mesh_from_config(mt_cfg)
+    with jax.set_mesh(mesh):
+        rngs = nnx.Rngs(params=seed, dropout=seed + 1, aqt=seed + 2)
+        model = model_creation_utils.from_config(mt_cfg, mesh=mesh, model_mode=mode, rngs=rngs)
+    return model, mesh
+
+
+def output_head_weight(model) -> jax.Array:
+    """The [D, V] matrix the logits come from: logits = post_norm_hidden @ W (no bias)."""
+    mcfg = model.config
+    if mcfg.logits_via_embedding:
+        # MaxText divides by sqrt(D) in that case (normalize_embedding_logits); fold it in.
+        w = model.token_embedder.embedding[...].T
+        return w / jnp.sqrt(w.shape[0]) if mcfg.normalize_embedding_logits else w
+    return model.decoder.logits_dense.kernel[...]
+
+
+def forward(model, tokens: jax.Array, segment_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Train-mode forward pass.
+
+    Args:
+      model: a train-mode MaxText Transformer (from `build_policy`).
+      tokens: int32 [B, T], T <= max_len.
+      segment_ids: int32 [B, T], 1 for real tokens, 0 for padding. Attention never crosses
+        segments, so with right padding the real tokens' logits do not depend on the padding.
+
+    Returns:
+      logits: float32 [B, T, V]; logits[:, t] predicts tokens[:, t + 1].
+      hidden: [B, T, D], the final post-norm hidden state (logits = hidden @ output_head_weight).
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    segment_ids = jnp.asarray(segment_ids, jnp.int32)
+    if tokens.ndim != 2 or tokens.shape != segment_ids.shape:
+        raise ValueError(f"forward: tokens {tokens.shape} and segment_ids {segment_ids.shape} must be equal [B, T]")
+    B, T = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))  # (B, T)
+    logits, pre_norm, _ = model.decoder(
+        shared_embedding=model.token_embedder,
+        decoder_input_tokens=tokens,
+        decoder_positions=positions,
+        decoder_segment_ids=segment_ids,
+        deterministic=True,
+        model_mode="train",
+    )  # (B, T, V), (B, T, D)
+    # MaxText sows intermediates on every call; popping them keeps the model's graph the same
+    # from call to call, so jitted steps do not retrace.
+    nnx.pop(model, nnx.Intermediate)
+    hidden = model.decoder.decoder_norm(pre_norm)  # (B, T, D), the input of the output head
+    return logits.astype(jnp.float32), hidden
+
+
+def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Per-token log-probabilities of `tokens` under next-token `logits`.
+
+    Args:
+      logits: [B, T, V]; logits[:, t] is the distribution of tokens[:, t + 1].
+      tokens: int [B, T].
+
+    Returns:
+      float32 [B, T] with out[:, t] = log p(tokens[:, t] | tokens[:, :t]) and out[:, 0] = 0
+      (the first token has no prediction).
+    """
+    if logits.ndim != 3 or tokens.shape != logits.shape[:2]:
+        raise ValueError(f"token_logprobs: logits {logits.shape} must be [B, T, V] with tokens {tokens.shape} = [B, T]")
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)  # (B, T-1, V)
+    picked = jnp.take_along_axis(logp, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]  # (B, T-1)
+    return jnp.concatenate([jnp.zeros_like(picked[:, :1]), picked], axis=1)  # (B, T)

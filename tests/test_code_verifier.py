@@ -1,0 +1,227 @@
+"""Tests for cts.verifiers.code: every test form, every error type, forgery attempts, MBPP."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cts.io import DataError
+from cts.sandbox import SandboxLimits
+from cts.tasks.schema import Problem
+from cts.verifiers.code import (CodeVerdict, detect_test_form, normalize_lines, verify_code,
+                                verify_many)
+
+MBPP = Path("/work/shared/data/mbpp/mbpp.jsonl")
+QUICK = SandboxLimits(timeout_s=1.0, cpu_s=2)
+
+
+def _problem(tests, *, setup="", entry_point=None, pid="p-1", kind="code"):
+    return Problem(id=pid, task="synthetic", kind=kind, prompt="...", reference="",
+                   tests=tests, test_setup=setup, entry_point=entry_point,
+                   answer=None if kind == "code" else "1")
+
+
+ADD = _problem(["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 4"])
+
+
+# ----------------------------------------------------------------------------- asserts form
+
+def test_correct_solution_passes_every_assert():
+    assert verify_code(ADD, "def add(a, b):\n    return a + b\n") == CodeVerdict(3, 3, True, "none", None)
+
+
+def test_partly_wrong_solution_counts_each_assert():
+    # Wrong only when a == b: asserts 0 and 1 pass, assert 2 (add(2, 2)) fails.
+    v = verify_code(ADD, "def add(a, b):\n    return a + b if a != b else 0\n")
+    assert (v.passed, v.total, v.all_passed, v.error_type) == (2, 3, False, "wrong_output")
+    assert v.first_failure.startswith("test 2: assert add(2, 2) == 4")
+
+
+def test_syntax_error():
+    v = verify_code(ADD, "def add(a, b)\n    return a + b\n")
+    assert (v.passed, v.total, v.error_type) == (0, 3, "syntax")
+    assert "SyntaxError" in v.first_failure
+
+
+def test_runtime_error_at_load_and_inside_a_test():
+    v = verify_code(ADD, "raise RuntimeError('at import')\n")
+    assert (v.passed, v.error_type) == (0, "runtime") and "at import" in v.first_failure
+    # Raises only for negative input: test 1 raises, tests 0 and 2 pass.
+    v = verify_code(ADD, "def add(a, b):\n    if a < 0:\n        raise ValueError('neg')\n    return a + b\n")
+    assert (v.passed, v.error_type) == (2, "runtime")
+    assert v.first_failure.startswith("test 1:") and "ValueError: neg" in v.first_failure
+
+
+def test_timeout_keeps_the_passes_reported_before_it():
+    code = "def add(a, b):\n    while a < 0:\n        pass\n    return a + b\n"
+    v = verify_code(ADD, code, limits=QUICK)
+    assert (v.passed, v.total, v.error_type) == (1, 3, "timeout")
+    assert v.first_failure.startswith("test 1:")
+
+
+def test_memory_and_exit_tricks_are_runtime_failures():
+    v = verify_code(ADD, "x = bytearray(8 * 1024**3)\n")
+    assert (v.passed, v.error_type) == (0, "runtime")
+    v = verify_code(ADD, "import sys\nsys.exit(0)\n")
+    assert (v.passed, v.error_type) == (0, "runtime")
+    v = verify_code(ADD, "import os\nos._exit(0)\n")
+    assert (v.passed, v.error_type) == (0, "runtime") and "before finishing" in v.first_failure
+
+
+def test_forged_reports_do_not_count():
+    forgeries = [
+        # Guessing the line format without the nonce.
+        "import json\nfor i in range(3):\n    print('@@deadbeef@@ ' + json.dumps({'kind': 'test', 'i': i, 'ok': True}))\n"
+        "import os\nos._exit(0)\n",
+        # Looking for the nonce where a naive harness would keep it.
+        "import __main__, os, json\nn = [v for v in vars(__main__).values() if isinstance(v, str) and v.startswith('@@')]\n"
+        "for i in range(3):\n    print((n[0] if n else '@@x@@') + ' ' + json.dumps({'kind': 'test', 'i': i, 'ok': True}))\nos._exit(0)\n",
+        # Reading the spec file the harness got the nonce from.
+        "import os\nprint(open('spec.json').read())\nos._exit(0)\n",
+    ]
+    for code in forgeries:
+        v = verify_code(ADD, code)
+        assert v.passed == 0 and not v.all_passed, code
+
+
+def test_output_cap_is_a_runtime_failure():
+    v = verify_code(ADD, "def add(a, b):\n    print('z' * 10**6)\n    return a + b\n",
+                    limits=SandboxLimits(max_output_bytes=1000))
+    assert (v.passed, v.error_type) == (0, "runtime") and "output limit" in v.first_failure
+
+
+def test_setup_runs_after_solution_and_before_asserts():
+    # MBPP task 367 style: the setup instantiates the solution's own class.
+    p = _problem(["assert depth(root) == 2"], setup="root = Node(Node(None))")
+    code = "class Node:\n    def __init__(self, child):\n        self.child = child\n" \
+           "def depth(n):\n    return 0 if n is None else 1 + depth(n.child)\n"
+    assert verify_code(p, code).all_passed
+    v = verify_code(p, "def depth(n):\n    return 2\n")  # no Node: the setup itself fails
+    assert (v.passed, v.error_type) == (0, "runtime") and "test_setup" in v.first_failure
+
+
+def test_solution_main_block_is_not_run():
+    code = "def add(a, b):\n    return a + b\nif __name__ == '__main__':\n    input()\n"
+    assert verify_code(ADD, code).all_passed
+
+
+# ----------------------------------------------------------------------------- HumanEval form
+
+HE_CHECK = textwrap.dedent("""
+    def check(candidate):
+        assert candidate([1, 2, 3]) == 6
+        assert candidate([]) == 0
+    """)
+
+
+def test_humaneval_form():
+    p = _problem([HE_CHECK], entry_point="total")
+    assert detect_test_form(p) == "humaneval"
+    assert verify_code(p, "def total(xs):\n    return sum(xs)\n") == CodeVerdict(1, 1, True, "none", None)
+    v = verify_code(p, "def total(xs):\n    return sum(xs) + 1\n")
+    assert (v.passed, v.total, v.error_type) == (0, 1, "wrong_output")
+    v = verify_code(p, "def totl(xs):\n    return sum(xs)\n")  # wrong name
+    assert (v.passed, v.error_type) == (0, "runtime") and "KeyError" in v.first_failure
+    with pytest.raises(DataError, match="entry_point"):
+        verify_code(_problem([HE_CHECK]), "")
+
+
+# ----------------------------------------------------------------------------- APPS forms
+
+SUM_PAIRS = [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4", "output": "6"},
+             {"input": "0 0\n", "output": "0  \n\n"}]
+
+
+def test_stdio_form():
+    p = _problem(SUM_PAIRS)
+    assert detect_test_form(p) == "stdio"
+    good = "a, b = map(int, input().split())\nprint(a + b)\n"
+    assert verify_code(p, good) == CodeVerdict(3, 3, True, "none", None)
+    v = verify_code(p, "a, b = map(int, input().split())\nprint(abs(a + b) if a else 1)\n")
+    assert (v.passed, v.error_type) == (2, "wrong_output") and v.first_failure.startswith("case 2:")
+    v = verify_code(p, "a, b = map(int, input().split())\nprint(a + b + 0 // b)\n")  # b == 0 in case 2
+    assert (v.passed, v.error_type) == (2, "runtime") and "ZeroDivisionError" in v.first_failure
+    v = verify_code(p, "print(1 +)\n")
+    assert (v.passed, v.total, v.error_type) == (0, 3, "syntax")
+    v = verify_code(p, "while True:\n    pass\n", limits=SandboxLimits(timeout_s=1.0))
+    assert (v.passed, v.error_type) == (0, "timeout")
+
+
+def test_stdio_inputs_outputs_lists():
+    p = _problem([{"inputs": ["2\n", "5\n"], "outputs": ["4\n", "25\n"]}])
+    assert detect_test_form(p) == "stdio"
+    v = verify_code(p, "n = int(input())\nprint(n * n)\n")
+    assert (v.passed, v.total, v.all_passed) == (2, 2, True)
+
+
+def test_call_form():
+    p = _problem([{"fn_name": "pair", "inputs": [[1, 2], [3, 4]], "outputs": [[[1, 2]], [3, 4]]}])
+    assert detect_test_form(p) == "call"
+    # Returns tuples; JSON has lists; the first output is APPS-wrapped in a one-element list.
+    v = verify_code(p, "def pair(a, b):\n    return (a, b)\n")
+    assert (v.passed, v.total, v.all_passed) == (2, 2, True)
+    v = verify_code(p, "class Solution:\n    def pair(self, a, b):\n        return [a, b]\n")
+    assert v.all_passed
+    v = verify_code(p, "def pair(a, b):\n    return (b, a)\n")
+    assert (v.passed, v.error_type) == (0, "wrong_output")
+    v = verify_code(p, "def other(a, b):\n    return 0\n")
+    assert (v.passed, v.error_type) == (0, "runtime") and "no function" in v.first_failure
+
+
+def test_normalize_lines():
+    assert normalize_lines("  a \r\nb\t\n\n\n") == ["a", "b"]
+    assert normalize_lines("\n x\n") == ["x"]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_bad_problems_raise_dataerror():
+    with pytest.raises(DataError, match="kind='code'"):
+        verify_code(_problem(None, kind="math"), "")
+    with pytest.raises(DataError, match="p-1"):
+        verify_code(_problem([{"foo": 1}]), "")
+    with pytest.raises(DataError, match="p-1"):
+        verify_code(_problem(["assert True", {"input": "", "output": ""}]), "")
+    with pytest.raises(DataError, match="equal length"):
+        verify_code(_problem([{"inputs": ["1"], "outputs": []}]), "")
+
+
+def test_verify_many_preserves_order():
+    codes = ["def add(a, b):\n    return a + b\n", "def add(a, b)\n", "def add(a, b):\n    return 0\n"] * 2
+    vs = verify_many([(ADD, c) for c in codes], workers=2)
+    assert [(v.passed, v.error_type) for v in vs] == [(3, "none"), (0, "syntax"), (1, "wrong_output")] * 2
+
+
+# ----------------------------------------------------------------------------- MBPP references
+
+def _mbpp_items(every: int = 1) -> list[tuple[Problem, str]]:
+    if not MBPP.exists():
+        pytest.skip(f"{MBPP} not present")
+    rows = [json.loads(line) for line in MBPP.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(Problem(id=f"mbpp-{r['task_id']}", task="mbpp", kind="code", prompt=r["text"],
+                     reference=r["code"], tests=r["test_list"], test_setup=r["test_setup_code"],
+                     source="mbpp"), r["code"])
+            for r in rows[::every]]
+
+
+@pytest.mark.slow
+def test_mbpp_reference_sample_passes():
+    items = _mbpp_items(every=32)  # rows 0, 32, 64, ...: a deterministic sample of 31
+    vs = verify_many(items, workers=2)
+    failed = {p.id: v for (p, _), v in zip(items, vs) if not v.all_passed}
+    assert len(items) >= 30 and failed == {}
+
+
+@pytest.mark.heavy
+def test_mbpp_reference_all_pass():
+    # One reference (task 123, amicable numbers to 9999: quadratic) needs ~5-10 s of CPU on a
+    # loaded 2-core machine, hence the generous limits.
+    items = _mbpp_items()
+    vs = verify_many(items, workers=2, limits=SandboxLimits(timeout_s=60.0, cpu_s=60))
+    failed = {p.id: (v.error_type, v.first_failure) for (p, _), v in zip(items, vs) if not v.all_passed}
+    print(f"MBPP references: {len(items) - len(failed)}/{len(items)} pass; failures: {failed}")
+    assert failed == {}
