@@ -23,9 +23,11 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ott-jax", "ma
 
 
 def _snakemake_dag(target: str, configfile: str, fmt: str) -> str:
-    cmd = [sys.executable, "-m", "snakemake", "--nolock", "--quiet", "all", "--configfile", configfile,
-           "--dag", *([fmt] if fmt != "dot" else []), target]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "snakemake", "--nolock", "--dag", fmt, "--configfile", configfile,
+           "--", target]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
     return out.stdout
 
 

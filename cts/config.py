@@ -12,7 +12,7 @@ import copy
 import json
 from dataclasses import dataclass
 
-__all__ = ["Cell", "apply_flip", "cells", "cell_config", "fairness_fields", "method_ids",
+__all__ = ["Cell", "apply_flip", "cells", "cell_config", "fairness_fields", "fairness_view", "method_ids",
            "parse_method"]
 
 
@@ -85,6 +85,12 @@ def cell_config(config: dict, task: str, method: str, seed: int) -> dict:
             out = apply_flip(out, key, value)
         out["ablation"] = {"id": ablation, "flip": flips}
     return _sorted(out)
+
+
+def fairness_view(cell: dict) -> dict:
+    """The part of a cell's config that must match across methods (method hyperparameters excluded,
+    so that editing one method never reruns the fingerprint rule — or every cell after it)."""
+    return {k: cell[k] for k in ("task", "train", "model", "tokenizer")}
 
 
 def fairness_fields(config: dict, task: str) -> dict:

@@ -10,6 +10,8 @@ rule audit_dag:
     benchmark:
         "benchmarks/audit/audit_dag/all.tsv"
     threads: 1
+    conda:
+        "../envs/cts.yaml"
     script:
         "../scripts/audit_dag.py"
 
@@ -31,5 +33,7 @@ rule audit_provenance:
     benchmark:
         "benchmarks/audit/audit_provenance/all.tsv"
     threads: 1
+    conda:
+        "../envs/cts.yaml"
     script:
         "../scripts/audit_provenance.py"

@@ -1,9 +1,10 @@
 # Validation and input functions only; logic lives in cts/ (cts.config).
 import os
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from cts.config import cell_config, cells, fairness_fields, method_ids
+from cts.config import cell_config, cells, fairness_fields, fairness_view, method_ids
 
 
 validate(config, schema="../schemas/workflow_config.schema.yaml")
@@ -15,7 +16,11 @@ CELLS = cells(config)
 CKPT_ROOT = config.get("paths", {}).get("checkpoints", "work/checkpoints")
 # JAX jobs claim every core Snakemake was given, so they run one at a time; each caps its XLA
 # threads at min(granted threads, jax_threads, cores of this machine) — no oversubscription.
-JAX_THREADS = workflow.cores
+# (--dag, --lint and --summary give no --cores: any value serves there.)
+try:
+    JAX_THREADS = workflow.cores
+except WorkflowError:
+    JAX_THREADS = 1
 
 
 wildcard_constraints:
@@ -45,7 +50,7 @@ def get_cell_config(wildcards):
 def get_all_fairness():
     return {
         f"{c.task}/{c.method}/seed{c.seed}": {
-            "cell": cell_config(config, c.task, c.method, c.seed),
+            "cell": fairness_view(cell_config(config, c.task, c.method, c.seed)),
             "shared": fairness_fields(config, c.task),
         }
         for c in CELLS

@@ -8,6 +8,8 @@ rule data_prepare:
     benchmark:
         "benchmarks/data/data_prepare/{task}.tsv"
     threads: 1
+    conda:
+        "../envs/cts.yaml"
     script:
         "../scripts/data_prepare.py"
 
@@ -27,5 +29,7 @@ rule data_split:
     benchmark:
         "benchmarks/data/data_split/{task}.tsv"
     threads: 1
+    conda:
+        "../envs/cts.yaml"
     script:
         "../scripts/data_split.py"

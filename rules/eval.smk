@@ -15,5 +15,7 @@ rule eval_cell:
     benchmark:
         "benchmarks/eval/eval_cell/{task}/{method}/seed{seed}.tsv"
     threads: JAX_THREADS
+    conda:
+        "../envs/cts.yaml"
     script:
         "../scripts/eval_cell.py"

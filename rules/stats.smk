@@ -12,6 +12,8 @@ rule stats_power:
     benchmark:
         "benchmarks/stats/stats_power/all.tsv"
     threads: 1
+    conda:
+        "../envs/cts.yaml"
     script:
         "../scripts/stats_power.py"
 
@@ -40,5 +42,7 @@ rule stats_table:
     benchmark:
         "benchmarks/stats/stats_table/all.tsv"
     threads: 1
+    conda:
+        "../envs/cts.yaml"
     script:
         "../scripts/stats_table.py"

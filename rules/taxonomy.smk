@@ -10,5 +10,7 @@ rule taxonomy_tag:
     benchmark:
         "benchmarks/taxonomy/taxonomy_tag/{task}.tsv"
     threads: 1
+    conda:
+        "../envs/cts.yaml"
     script:
         "../scripts/taxonomy_tag.py"

@@ -15,6 +15,8 @@ rule teacher_rollouts:
     benchmark:
         "benchmarks/teacher/teacher_rollouts/{task}.tsv"
     threads: JAX_THREADS
+    conda:
+        "../envs/cts.yaml"
     script:
         "../scripts/teacher_rollouts.py"
 
@@ -32,5 +34,7 @@ rule teacher_critique:
     benchmark:
         "benchmarks/teacher/teacher_critique/{task}.tsv"
     threads: 2
+    conda:
+        "../envs/cts.yaml"
     script:
         "../scripts/teacher_critique.py"

@@ -14,6 +14,8 @@ rule train_base:
     benchmark:
         "benchmarks/train/train_base/{task}.tsv"
     threads: JAX_THREADS
+    conda:
+        "../envs/cts.yaml"
     script:
         "../scripts/train_base.py"
 
@@ -31,6 +33,8 @@ rule train_fingerprint:
     benchmark:
         "benchmarks/train/train_fingerprint/all.tsv"
     threads: 1
+    conda:
+        "../envs/cts.yaml"
     script:
         "../scripts/train_fingerprint.py"
 
@@ -53,5 +57,7 @@ rule train_cell:
     benchmark:
         "benchmarks/train/train_cell/{task}/{method}/seed{seed}.tsv"
     threads: JAX_THREADS
+    conda:
+        "../envs/cts.yaml"
     script:
         "../scripts/train_cell.py"

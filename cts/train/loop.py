@@ -289,6 +289,14 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, spec: MethodSpec, 
         restored = store.restore(latest, {"params": params, "opt_state": opt_state})
         params, opt_state, start = restored["params"], restored["opt_state"], latest
         log(f"resumed from checkpoint step {latest} in {ckpt_dir}")
+    # Commit the whole state to the mesh the jitted step returns it on (optax creates its step
+    # counters on a single device): otherwise step 2 sees new shardings and compiles again.
+    replicated = jax.sharding.NamedSharding(runtime.mesh, jax.sharding.PartitionSpec())
+
+    def commit(x):  # keep what is already laid out on the mesh (sharded weights); replicate the rest
+        return x if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding) else jax.device_put(x, replicated)
+
+    params, opt_state = jax.tree.map(commit, (params, opt_state))
     rows = _resume_metrics(metrics_path, start)
     base_key = jax.random.key(loop.seed)
     pad_to = 0
