@@ -126,7 +126,7 @@ def bench_grpo(args):
     grpo = dict(beta=0.04, epsilon_low=0.2, epsilon_high=0.28, kl_estimator="k3", loss_agg="sequence-mean-token-mean")
     cts = dict(latent_dim=32, trajectory="step", eta=0.5, edit_steps=1, alpha_width=1.0, energy_hidden=64,
                critique_embedding="pooled", lam_align=0.1, lam_decode=0.1, lam_energy=0.1, energy_margin=1.0,
-               energy_freeze=False, online_critique=False, cts_batch_size=8,
+               energy_freeze=False, online_critique=False, cts_batch_size=4,
                alignment=dict(kind="sinkhorn", epsilon=0.1, tau=1.0, debiased=False, w_time=1.0, gamma=0.1))
     params0 = runtime.init_params
     key = jax.random.key(0)

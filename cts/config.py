@@ -12,7 +12,8 @@ import copy
 import json
 from dataclasses import dataclass
 
-__all__ = ["Cell", "apply_flip", "cells", "cell_config", "fairness_fields", "fairness_view", "method_ids",
+__all__ = ["Cell", "ConfigError", "apply_flip", "cells", "cell_config", "check_consistency", "fairness_fields",
+           "fairness_view", "method_ids",
            "parse_method"]
 
 
@@ -39,7 +40,10 @@ def parse_method(method: str) -> tuple[str, str | None]:
 
 
 def cells(config: dict) -> list[Cell]:
-    return [Cell(t, m, s) for t in config["tasks"] for m in method_ids(config) for s in config["seeds"]]
+    """Every (task, method, seed); ablation cells only on `ablation_tasks` (default: every task)."""
+    ablation_tasks = config.get("ablation_tasks") or config["tasks"]
+    return [Cell(t, m, s) for t in config["tasks"] for m in method_ids(config) for s in config["seeds"]
+            if parse_method(m)[1] is None or t in ablation_tasks]
 
 
 def apply_flip(cfg: dict, dotted: str, value) -> dict:
@@ -100,3 +104,38 @@ def fairness_fields(config: dict, task: str) -> dict:
         "base_policy": config["base_policy"], "teacher": config["teacher"], "eval": config["eval"],
         "data": config["data"][task], "splits": config["splits"],
     })
+
+
+class ConfigError(ValueError):
+    """A config that passes the schema but is inconsistent; the message names the key."""
+
+
+def check_consistency(config: dict) -> None:
+    """Cross-key checks the JSON schema cannot express."""
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"workflow config: {msg}")
+
+    need(config["base_method"] in config["methods"],
+         f"base_method {config['base_method']!r} is not in methods {config['methods']}")
+    for t in config["tasks"]:
+        need(t in config["data"], f"task {t!r} has no block under data")
+    for m in config["methods"]:
+        need(m in config["methods_config"], f"method {m!r} has no block under methods_config")
+    if config.get("ablations"):
+        base = config.get("ablation_base", "B5")
+        need(base in config["methods"], f"ablation_base {base!r} is not in methods {config['methods']}")
+        need(bool(config["methods_config"][base].get("cts")), f"ablation_base {base!r} has no CTS terms (cts: true)")
+        for a in config["ablations"]:
+            need(a in config.get("ablation_flips", {}), f"ablation {a!r} has no entry under ablation_flips")
+        for t in config.get("ablation_tasks") or []:
+            need(t in config["tasks"], f"ablation_tasks: {t!r} is not in tasks {config['tasks']}")
+    fr = config["splits"]["fractions"]
+    need(abs(sum(fr.values()) - 1) < 1e-9, f"splits.fractions must sum to 1, got {fr}")
+    need(config["eval"]["split"] in config["rollouts"]["splits"],
+         f"rollouts.splits {config['rollouts']['splits']} must include eval.split "
+         f"{config['eval']['split']!r} (the base attempts there are the Δ_critique reference)")
+    need("train" in config["rollouts"]["splits"], "rollouts.splits must include 'train' (y⁰ for the quadruples)")
+    for c in cells(config):  # every cell resolves (ablation flips name real keys)
+        cell_config(config, c.task, c.method, c.seed)

@@ -12,13 +12,12 @@ __all__ = ["stage_logger"]
 def stage_logger(smk, jax_threads_cap: int | None = None):
     """Send stdout/stderr to the rule's log file and return a `log(msg)` function.
 
-    Pins the process to min(smk.threads, jax_threads_cap, cores here) CPUs, so XLA sizes its
-    thread pool to what Snakemake granted; must run before anything imports JAX.
+    Pins the process to `jax_threads` CPUs of its own (params.jax_threads; 1 for rules without
+    JAX), so XLA sizes its thread pool to them; must run before anything imports JAX.
     """
     from cts.train.runtime import limit_threads
 
-    cap = jax_threads_cap or int(smk.params.get("jax_threads", 0) or smk.threads)
-    n = limit_threads(min(smk.threads, cap))
+    n = limit_threads(jax_threads_cap or int(smk.params.get("jax_threads", 0) or 1))
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if smk.log:
         f = open(smk.log[0], "a", buffering=1)

@@ -137,7 +137,14 @@ def _diagnose_synthetic_math(problem, attempt, spans, program) -> Diagnosis:
 
 
 def _numbers(text: str) -> set[str]:
-    return {mv.normalize_answer(t) for t in re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)} - {None}
+    """Numbers in text; a '-' right after a digit or ')' is subtraction, not a sign (`12-2` → 12, 2)."""
+    out = set()
+    for m in re.finditer(r"-?\d[\d,]*(?:\.\d+)?", text):
+        tok = m.group(0)
+        if tok.startswith("-") and m.start() > 0 and (text[m.start() - 1].isdigit() or text[m.start() - 1] == ")"):
+            tok = tok[1:]
+        out.add(mv.normalize_answer(tok))
+    return out - {None}
 
 
 def _diagnose_free_math(problem, attempt, spans) -> Diagnosis:

@@ -4,23 +4,38 @@ import os
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from cts.config import cell_config, cells, fairness_fields, fairness_view, method_ids
+from cts.config import (
+    cell_config,
+    cells,
+    check_consistency,
+    fairness_fields,
+    fairness_view,
+    method_ids,
+)
 
 
 validate(config, schema="../schemas/workflow_config.schema.yaml")
+check_consistency(config)
 
 TASKS = config["tasks"]
 METHODS = method_ids(config)
 SEEDS = [str(s) for s in config["seeds"]]
 CELLS = cells(config)
 CKPT_ROOT = config.get("paths", {}).get("checkpoints", "work/checkpoints")
-# JAX jobs claim every core Snakemake was given, so they run one at a time; each caps its XLA
-# threads at min(granted threads, jax_threads, cores of this machine) — no oversubscription.
+# Each JAX job uses resources.jax_threads CPUs of its own (a CPU slot, cts.train.runtime). It
+# claims cores·jax_threads/ncpu of Snakemake's --cores, so at most ncpu/jax_threads JAX jobs run
+# at once whatever --cores says: `--cores 8` on a 2-core laptop does not oversubscribe.
 # (--dag, --lint and --summary give no --cores: any value serves there.)
-try:
-    JAX_THREADS = workflow.cores
-except WorkflowError:
-    JAX_THREADS = 1
+def jax_job_threads():
+    try:
+        cores = workflow.cores
+    except WorkflowError:
+        return 1
+    per_job = min(config.get("resources", {}).get("jax_threads", 1), os.cpu_count() or 1)
+    return max(1, min(cores, -(-cores * per_job // (os.cpu_count() or 1))))
+
+
+JAX_THREADS = jax_job_threads()
 
 
 wildcard_constraints:
@@ -31,7 +46,7 @@ wildcard_constraints:
 
 
 def jax_threads_cap():
-    return min(config.get("resources", {}).get("jax_threads", 2), os.cpu_count() or 1)
+    return min(config.get("resources", {}).get("jax_threads", 1), os.cpu_count() or 1)
 
 
 def get_final_outputs():
@@ -74,6 +89,7 @@ def get_power_plan():
         "base": config["base_method"],
         "ablation_base": config.get("ablation_base", "B5"),
         "ablations": [m for m in METHODS if "-" in m],
+        "ablation_tasks": config.get("ablation_tasks") or TASKS,
         "seeds": [int(s) for s in config["seeds"]],
     }
 

@@ -133,13 +133,16 @@ def plan_comparisons(plan: Mapping) -> list[tuple[str, str, str]]:
     """The family of planned (task, method, reference) comparisons, in a fixed order.
 
     Every non-ablation method other than the base vs the base; every ablation vs the ablation
-    base. Task order and method order as given in the plan.
+    base, on the tasks in `ablation_tasks` (all tasks when the plan has no such key). Task order
+    and method order as given in the plan.
     """
     _check_plan(plan)
     out = []
+    ablation_tasks = plan.get("ablation_tasks", plan["tasks"])
     for t in plan["tasks"]:
         out += [(t, m, plan["base"]) for m in plan["methods"] if m != plan["base"] and not is_ablation(m)]
-        out += [(t, a, plan["ablation_base"]) for a in plan["ablations"]]
+        if t in ablation_tasks:
+            out += [(t, a, plan["ablation_base"]) for a in plan["ablations"]]
     return out
 
 

@@ -114,7 +114,9 @@ def setup_cts(data):
             policy = params["policy"]
             heads = nnx.merge(heads_def, params["heads"])
             _, h_att = runtime.forward(policy, b["att"]["tokens"], b["att"]["segment_ids"])  # (B, T, D)
+            # L_E trains only ψ on stop-gradient latents: no backward pass through the policy here
             _, h_rev = runtime.forward(policy, b["rev"]["tokens"], b["rev"]["segment_ids"])  # (B, T', D)
+            h_rev = jax.lax.stop_gradient(h_rev)
             if cfg.critique_embedding == "pooled":
                 _, h_crit = runtime.forward(policy, b["crit"]["tokens"], b["crit"]["segment_ids"])
                 m = b["crit"]["loss_mask"][..., None]

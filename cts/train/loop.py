@@ -206,6 +206,18 @@ def _dpo_batch(runtime, data: TrainData, loop: LoopConfig, rng, pad_to: int) -> 
     return {"dpo": b.as_dict()}
 
 
+def _grpo_pad_length(runtime, data: TrainData, loop: LoopConfig) -> int:
+    """Longest prompt of the task + the rollout budget, bucketed; computed once per run."""
+    key = (id(data), loop.max_new_tokens)
+    if key not in _PAD_CACHE:
+        longest_prompt = max(len(encode_prompt(runtime.tok, p.prompt)) for p in data.problems)
+        _PAD_CACHE[key] = bucket_length(longest_prompt + loop.max_new_tokens + 1, runtime.model_cfg.max_len)
+    return _PAD_CACHE[key]
+
+
+_PAD_CACHE: dict = {}
+
+
 def _grpo_batch(runtime, params, data: TrainData, spec: MethodSpec, loop: LoopConfig, rng, key):
     from cts.teachers.programmatic import critique
     from cts.verifiers.outcome import verify_many
@@ -226,8 +238,7 @@ def _grpo_batch(runtime, params, data: TrainData, spec: MethodSpec, loop: LoopCo
         quads = [critique(p, c, v.code_verdict) for p, c, v in zip(problems, completions, verdicts)]
         if spec.reward == "critique":
             flags = [tuple(q.error_span) if q.error_span is not None else None for q in quads]
-    longest_prompt = max(len(encode_prompt(runtime.tok, p.prompt)) for p in data.problems)
-    pad_to = bucket_length(longest_prompt + loop.max_new_tokens + 1, runtime.model_cfg.max_len)
+    pad_to = _grpo_pad_length(runtime, data, loop)
     b = make_batch(runtime.tok, prompts, completions, runtime.model_cfg.max_len, flag_spans=flags,
                    pad_to=pad_to, response_ids=ids, finished=finished)
     host = {"reward/mean": float(rewards.mean()), "reward/accuracy": float(np.mean([v.correct for v in verdicts])),

@@ -21,21 +21,46 @@ from cts.train.batching import encode_prompt
 __all__ = ["PolicyRuntime", "limit_threads"]
 
 
-def limit_threads(n: int) -> int:
-    """Pin this process (and XLA's thread pool, sized from the affinity mask) to n cores.
+def limit_threads(n: int, slot_dir: str | None = None) -> int:
+    """Pin this process to n CPUs of its own and size XLA's thread pool to them.
 
-    Must run before JAX initialises its CPU backend. Returns the number of cores used.
+    Concurrent JAX jobs (Snakemake runs at most cores/n of them, see rules/common.smk) each take a
+    free CPU slot — an flock'ed file under `slot_dir` held for the life of the process — so two
+    jobs never share a core while another idles. Must run before JAX initialises its backend.
+    Returns the number of CPUs used.
     """
+    import fcntl
+    import tempfile
+
     n = max(1, int(n))
     try:
         cpus = sorted(os.sched_getaffinity(0))
-        n = min(n, len(cpus))
-        os.sched_setaffinity(0, cpus[:n])
+    except (AttributeError, OSError):
+        cpus = list(range(os.cpu_count() or 1))
+    n = min(n, len(cpus))
+    chosen = cpus[:n]
+    slot_dir = slot_dir or os.path.join(tempfile.gettempdir(), f"cts-cpu-slots-{os.getuid()}")
+    os.makedirs(slot_dir, exist_ok=True)
+    for slot in range(len(cpus) // n):
+        f = open(os.path.join(slot_dir, f"slot{slot}-of-{len(cpus) // n}x{n}.lock"), "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _HELD_SLOTS.append(f)  # released when the process exits
+        chosen = cpus[slot * n:(slot + 1) * n]
+        break
+    try:
+        os.sched_setaffinity(0, chosen)
     except (AttributeError, OSError):
         pass
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
     return n
+
+
+_HELD_SLOTS: list = []
 
 
 class PolicyRuntime:
