@@ -324,3 +324,20 @@ def stats_table(eval_files: list[str], metrics_files: list[str], plan_cfg: dict,
                 seed=stats_cfg["seed"], n_boot=stats_cfg["n_boot"], alpha=stats_cfg["alpha"],
                 out_md=out_md, out_json=out_json, fig_dir=fig_dir)
     log(f"table from {len(eval_files)} eval files → {out_md}")
+
+
+def stats_human_eval_export(eval_files: list[str], test_paths: list[str], n_per_method: int, seed: int,
+                            out_csv: str, out_key: str, log=print) -> None:
+    """A blinded annotation sheet (method hidden, rows shuffled) and its key, kept apart."""
+    from cts.stats.human_eval import export_blinded_sample
+
+    prompts = {p.id: p.prompt for path in test_paths for p in load_problems(path)}
+    items = []
+    for path in sorted(eval_files):
+        for i, r in enumerate(read_jsonl(path, required=("problem_id", "task", "method", "seed", "completion"))):
+            if r["problem_id"] not in prompts:
+                raise DataError(f"{path}:{i + 1}: problem {r['problem_id']!r} is not in the test split")
+            items.append({"task": r["task"], "method": r["method"], "problem_id": r["problem_id"],
+                          "seed": r["seed"], "prompt": prompts[r["problem_id"]], "response": r["completion"]})
+    key = export_blinded_sample(items, n_per_method=n_per_method, seed=seed, out_csv=out_csv, out_key=out_key)
+    log(f"human eval: {len(key)} blinded items → {out_csv} (key: {out_key})")

@@ -5,6 +5,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from cts.config import (
+    Cell,
     cell_config,
     cells,
     check_consistency,
@@ -21,6 +22,9 @@ TASKS = config["tasks"]
 METHODS = method_ids(config)
 SEEDS = [str(s) for s in config["seeds"]]
 CELLS = cells(config)
+# The shared base policy is evaluated like a method ("base") under every eval seed, so the table
+# shows what training added; its greedy answers are the same for every seed, its samples are not.
+EVAL_CELLS = CELLS + [Cell(t, "base", s) for t in TASKS for s in config["seeds"]]
 CKPT_ROOT = config.get("paths", {}).get("checkpoints", "work/checkpoints")
 # Each JAX job uses resources.jax_threads CPUs of its own (a CPU slot, cts.train.runtime). It
 # claims cores·jax_threads/ncpu of Snakemake's --cores, so at most ncpu/jax_threads JAX jobs run
@@ -40,7 +44,7 @@ JAX_THREADS = jax_job_threads()
 
 wildcard_constraints:
     task="|".join(TASKS),
-    method="|".join(m.replace("-", "\\-") for m in METHODS),
+    method="|".join(m.replace("-", "\\-") for m in METHODS + ["base"]),
     seed=r"\d+",
     split="train|dev|test",
 
@@ -74,8 +78,15 @@ def get_all_fairness():
 
 def get_eval_files():
     return [
-        f"results/eval/{c.task}/{c.method}/seed{c.seed}/problems.jsonl" for c in CELLS
+        f"results/eval/{c.task}/{c.method}/seed{c.seed}/problems.jsonl"
+        for c in EVAL_CELLS
     ]
+
+
+def get_eval_final(wildcards):
+    if wildcards.method == "base":
+        return f"results/base/{wildcards.task}/final.json"
+    return f"results/train/{wildcards.task}/{wildcards.method}/seed{wildcards.seed}/final.json"
 
 
 def get_metrics_files():
@@ -85,7 +96,7 @@ def get_metrics_files():
 def get_power_plan():
     return {
         "tasks": TASKS,
-        "methods": list(config["methods"]),
+        "methods": ["base", *config["methods"]],
         "base": config["base_method"],
         "ablation_base": config.get("ablation_base", "B5"),
         "ablations": [m for m in METHODS if "-" in m],
@@ -102,5 +113,6 @@ localrules:
     train_fingerprint,
     stats_power,
     stats_table,
+    stats_human_eval_export,
     audit_dag,
     audit_provenance,

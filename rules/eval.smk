@@ -1,6 +1,6 @@
 rule eval_cell:
     input:
-        final="results/train/{task}/{method}/seed{seed}/final.json",
+        final=get_eval_final,
         test=f"results/splits/{{task}}/{config['eval']['split']}.jsonl",
         tagged="results/taxonomy/{task}/tagged.jsonl",
     output:

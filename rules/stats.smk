@@ -46,3 +46,28 @@ rule stats_table:
         "../envs/cts.yaml"
     script:
         "../scripts/stats_table.py"
+
+
+# Optional target (not part of `all`): `snakemake --cores 2 results/human_eval/sheet.csv`.
+# Annotators fill the label column; cts.stats.human_eval.import_annotations reads it back.
+rule stats_human_eval_export:
+    input:
+        evals=get_eval_files(),
+        tests=expand(
+            f"results/splits/{{task}}/{config['eval']['split']}.jsonl", task=TASKS
+        ),
+    output:
+        sheet="results/human_eval/sheet.csv",
+        key="results/human_eval/key.csv",
+    params:
+        n_per_method=20,
+        seed=config["stats"]["seed"],
+    log:
+        "logs/stats/stats_human_eval_export/all.log",
+    benchmark:
+        "benchmarks/stats/stats_human_eval_export/all.tsv"
+    threads: 1
+    conda:
+        "../envs/cts.yaml"
+    script:
+        "../scripts/stats_human_eval_export.py"

@@ -110,3 +110,19 @@ def test_dag_renders_with_dot(workdir):
     dag = _snakemake(workdir, "--dag", "results/table.md", "--configfile", str(CONFIG)).stdout
     svg = subprocess.run(["dot", "-Tsvg"], input=dag, capture_output=True, text=True, check=True).stdout
     assert "<svg" in svg and "train_cell" in svg
+
+
+def test_human_eval_sheet_is_blinded(workdir):
+    _snakemake(workdir, "results/human_eval/sheet.csv", "--configfile", str(CONFIG))
+    sheet = (workdir / "results/human_eval/sheet.csv").read_text()
+    key = (workdir / "results/human_eval/key.csv").read_text()
+    header = sheet.splitlines()[0].lower()
+    assert "method" not in header and "seed" not in header
+    assert "B2" in key and "B3" in key
+    assert len(sheet.splitlines()) == len(key.splitlines())  # one blinded row per key row
+
+
+def test_report_includes_the_figures(workdir):
+    _snakemake(workdir, "--report", "results/report.html", "--configfile", str(CONFIG))
+    html = (workdir / "results/report.html").read_text(errors="replace")
+    assert "Figures" in html and ".png" in html

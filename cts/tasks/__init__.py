@@ -18,8 +18,8 @@ def load_task(name: str, data_cfg: dict) -> list[Problem]:
 
         gen = generate_synth_math if loader == "synth_math" else generate_synth_code
         return gen(data_cfg.get("n_problems", 500), list(data_cfg.get("horizons", [2, 3, 4, 5, 6])),
-                   data_cfg.get("seed", 0), data_cfg.get("max_operand", 9))
+                   data_cfg.get("seed", 0), data_cfg.get("max_operand", 9), data_cfg.get("max_value", 99))
     from cts.tasks.loaders import load_task as load_real
 
-    options = {k: v for k, v in data_cfg.items() if k not in ("loader", "n_problems", "horizons", "max_operand", "seed")}
+    options = {k: v for k, v in data_cfg.items() if k not in ("loader", "n_problems", "horizons", "max_operand", "max_value", "seed")}
     return load_real(loader, **options)

@@ -34,7 +34,7 @@ __all__ = [
 
 NAMES = ("Ann", "Bob", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal")
 ITEMS = ("pens", "cups", "eggs", "cards", "coins", "books")
-MAX_VALUE = 99  # keep every intermediate value in 0..99: two-digit arithmetic a tiny model can learn
+MAX_VALUE = 99  # default bound on every intermediate value: at most two-digit arithmetic
 
 # op symbol -> (word form in the prompt, python operator)
 _PHRASE = {"+": "gets {k}", "-": "loses {k}", "*": "times {k}"}
@@ -59,19 +59,20 @@ def apply_op(value: int, op: Op) -> int:
     raise ValueError(f"unknown op symbol {op.symbol!r}")
 
 
-def _random_program(rng: random.Random, horizon: int, max_operand: int) -> tuple[int, list[Op]]:
-    """A start value and `horizon` ops keeping every intermediate value in [0, MAX_VALUE]."""
+def _random_program(rng: random.Random, horizon: int, max_operand: int,
+                    max_value: int = MAX_VALUE) -> tuple[int, list[Op]]:
+    """A start value and `horizon` ops keeping every intermediate value in [0, max_value]."""
     value = rng.randint(1, max_operand)
     start, ops = value, []
     for _ in range(horizon):
         choices = []
         for k in range(1, max_operand + 1):
-            if value + k <= MAX_VALUE:
+            if value + k <= max_value:
                 choices.append(Op("+", k))
             if value - k >= 0:
                 choices.append(Op("-", k))
         for k in (2, 3):
-            if value * k <= MAX_VALUE and value > 0:
+            if value * k <= max_value and value > 0:
                 choices.append(Op("*", k))
         op = rng.choice(choices)
         ops.append(op)
@@ -116,7 +117,7 @@ def _dedupe_key(start: int, ops: list[Op]) -> tuple:
     return (start, tuple((o.symbol, o.operand) for o in ops))
 
 
-def _programs(n: int, horizons: list[int], seed: int, max_operand: int):
+def _programs(n: int, horizons: list[int], seed: int, max_operand: int, max_value: int = MAX_VALUE):
     """n distinct programs, horizons cycling through `horizons` so every H is equally common."""
     if n < 1:
         raise ValueError(f"n_problems must be >= 1, got {n}")
@@ -128,9 +129,9 @@ def _programs(n: int, horizons: list[int], seed: int, max_operand: int):
         attempts += 1
         if attempts > 50 * n:
             raise ValueError(f"cannot draw {n} distinct programs with horizons={horizons}, "
-                             f"max_operand={max_operand}; lower n_problems")
+                             f"max_operand={max_operand}, max_value={max_value}; lower n_problems")
         h = horizons[len(out) % len(horizons)]
-        start, ops = _random_program(rng, h, max_operand)
+        start, ops = _random_program(rng, h, max_operand, max_value)
         key = _dedupe_key(start, ops)
         if key in seen:  # identical programs in two splits would leak the answer
             continue
@@ -139,9 +140,10 @@ def _programs(n: int, horizons: list[int], seed: int, max_operand: int):
     return out
 
 
-def generate_synth_math(n: int, horizons: list[int], seed: int, max_operand: int = 9) -> list[Problem]:
+def generate_synth_math(n: int, horizons: list[int], seed: int, max_operand: int = 9,
+                        max_value: int = MAX_VALUE) -> list[Problem]:
     problems = []
-    for i, (_, start, ops) in enumerate(_programs(n, horizons, seed, max_operand)):
+    for i, (_, start, ops) in enumerate(_programs(n, horizons, seed, max_operand, max_value)):
         rng = random.Random(f"{seed}-{i}")
         reference = solve_math(start, ops)
         value = start
@@ -156,9 +158,10 @@ def generate_synth_math(n: int, horizons: list[int], seed: int, max_operand: int
     return problems
 
 
-def generate_synth_code(n: int, horizons: list[int], seed: int, max_operand: int = 9) -> list[Problem]:
+def generate_synth_code(n: int, horizons: list[int], seed: int, max_operand: int = 9,
+                        max_value: int = MAX_VALUE) -> list[Problem]:
     problems = []
-    for i, (_, start, ops) in enumerate(_programs(n, horizons, seed, max_operand)):
+    for i, (_, start, ops) in enumerate(_programs(n, horizons, seed, max_operand, max_value)):
         inputs = sorted({start, (start + 3) % 10, (start * 7 + 1) % 10})
         tests = []
         for x in inputs:
