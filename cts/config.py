@@ -75,6 +75,8 @@ def cell_config(config: dict, task: str, method: str, seed: int) -> dict:
         "train": config["train"], "method_config": mcfg,
         "model": config["model"], "tokenizer": config["tokenizer"],
     }
+    if config.get("parallelism"):
+        out["parallelism"] = config["parallelism"]
     if mcfg["loss"] == "grpo":
         out["grpo"] = config["grpo"]
     if mcfg.get("cts"):

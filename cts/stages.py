@@ -231,7 +231,8 @@ def train_cell(cell: dict, base_final: str, train_path: str, tagged_path: str, c
 
     t = cell["train"]
     spec = MethodSpec.from_cell(cell)
-    runtime = PolicyRuntime(cell["model"], cell["tokenizer"], seed=cell["seed"], batch_size=t["prompts_per_step"])
+    runtime = PolicyRuntime(cell["model"], cell["tokenizer"], seed=cell["seed"], batch_size=t["prompts_per_step"],
+                            parallelism=cell.get("parallelism"))
     base_params = load_final_params(runtime, base_final)
     problems = load_problems(train_path)
     quads = [Quadruple.from_row({k: v for k, v in r.items() if k not in ("split", "horizon")},

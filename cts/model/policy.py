@@ -7,6 +7,12 @@ init, synthetic data, a private compilation cache) and exposes pure functions of
     forward(model, tokens, segment_ids) -> (logits [B, T, V], hidden [B, T, D])
     token_logprobs(logits, tokens)      -> [B, T]
 
+Parallelism: `Parallelism(fsdp, tensor)` lays the weights out on a MaxText mesh (FSDP × tensor,
+the rest of the devices on the data axis) with the specs MaxText's logical axis rules give them,
+e.g. an MLP kernel [D, F] gets P('fsdp', 'tensor'); `shard_batch` puts a batch on the batch axes
+P(('data', 'fsdp'), ...). Sharded and unsharded builds hold the same weight values for the same
+seed (tests/test_sharded.py checks this and one full training step on 8 simulated devices).
+
 `hidden` is the FINAL, POST-NORM hidden state: the decoder returns the last layer's output
 before its final norm; `forward` applies `model.decoder.decoder_norm` to it, so
 `logits == hidden @ W_out` exactly (W_out = `decoder.logits_dense.kernel` [D, V], or the
@@ -26,12 +32,15 @@ from flax import nnx
 
 __all__ = [
     "ModelConfig",
+    "Parallelism",
     "DECODER_BLOCKS",
     "maxtext_config",
     "build_policy",
     "forward",
     "token_logprobs",
     "output_head_weight",
+    "batch_sharding",
+    "shard_batch",
 ]
 
 # Dense (non-MoE, text-only) MaxText blocks that a small config can build; MoE/multimodal
@@ -96,6 +105,65 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Parallelism:
+    """How the weights are laid out on the device mesh; each field maps onto one MaxText key.
+
+    fsdp   → ici_fsdp_parallelism (weights' embed axis and the batch are split fsdp ways)
+    tensor → ici_tensor_parallelism (heads / MLP / vocab axes split tensor ways)
+
+    The data axis (ici_data_parallelism) takes the remaining devices: data = devices / (fsdp·tensor).
+    fsdp = tensor = 1 (the default) is the unsharded build: MaxText's own default mesh, weights
+    replicated, exactly as before this option existed.
+    """
+
+    fsdp: int = 1
+    tensor: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("fsdp", "tensor"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"Parallelism.{name} must be a positive int, got {v!r}")
+
+    @property
+    def sharded(self) -> bool:
+        return self.fsdp * self.tensor > 1
+
+    @classmethod
+    def coerce(cls, value: "Parallelism | dict | None") -> "Parallelism":
+        """None → unsharded; a dict such as {"fsdp": 4, "tensor": 2} (from a config file) → Parallelism."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"fsdp", "tensor"})
+            if unknown:
+                raise ValueError(f"parallelism: unknown keys {unknown}; expected fsdp, tensor")
+            return cls(**value)
+        raise TypeError(f"parallelism must be a Parallelism, a dict or None, got {type(value).__name__}")
+
+    def maxtext_keys(self, n_devices: int) -> dict:
+        """The ici_* keys for `n_devices` devices ({} when unsharded: keep MaxText's defaults)."""
+        if not self.sharded:
+            return {}
+        model_ways = self.fsdp * self.tensor
+        if n_devices % model_ways:
+            raise ValueError(
+                f"Parallelism(fsdp={self.fsdp}, tensor={self.tensor}) needs a multiple of {model_ways} "
+                f"devices, but JAX sees {n_devices}"
+            )
+        return {
+            "ici_data_parallelism": n_devices // model_ways,
+            "ici_fsdp_parallelism": self.fsdp,
+            "ici_tensor_parallelism": self.tensor,
+        }
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def _hardware() -> str:
     """MaxText's `hardware` key for the active JAX backend (cpu unless a GPU/TPU is in use)."""
     backend = jax.default_backend()
@@ -109,6 +177,7 @@ def maxtext_config(
     mode: str = "train",
     max_prefill_len: int | None = None,
     run_dir: str | None = None,
+    parallelism: Parallelism | None = None,
 ):
     """MaxText `HyperParameters` for `cfg`.
 
@@ -120,6 +189,7 @@ def maxtext_config(
       max_prefill_len: P, required for non-train modes, 1 <= P < cfg.max_len.
       run_dir: where MaxText may write (compile cache under run_dir/jax_cache); a fresh temp dir
         when None. Never ~/jax_cache, so concurrent jobs do not share one cache directory.
+      parallelism: the mesh layout (None = unsharded, MaxText's default mesh).
     """
     from maxtext.configs import pyconfig  # heavy import (6–9 s): keep it out of module import
 
@@ -128,6 +198,7 @@ def maxtext_config(
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"maxtext_config: batch_size must be a positive int, got {batch_size!r}")
     n_dev = jax.device_count()
+    mesh_keys = Parallelism.coerce(parallelism).maxtext_keys(n_dev)
     if batch_size % n_dev:
         raise ValueError(f"maxtext_config: batch_size={batch_size} is not divisible by {n_dev} devices")
     if mode == "train":
@@ -167,26 +238,83 @@ def maxtext_config(
         scan_layers=False,  # per-layer params: simpler trees, and L is small
         enable_dropout=False,
         log_config=False,
+        **mesh_keys,
     )
 
 
 def build_policy(cfg: ModelConfig, *, seed: int, batch_size: int, mode: str = "train",
-                 max_prefill_len: int | None = None, run_dir: str | None = None):
+                 max_prefill_len: int | None = None, run_dir: str | None = None,
+                 parallelism: Parallelism | dict | None = None):
     """Build the MaxText Transformer (train mode by default) and its mesh.
 
+    Args:
+      parallelism: None / Parallelism() builds replicated weights on MaxText's default mesh.
+        With fsdp·tensor > 1 every variable is created directly in the NamedSharding that
+        MaxText's logical axis rules give it (one jitted init with out_shardings, so no device
+        ever holds the full model).
+
     Returns:
-      (model, mesh). Weights are a pure function of (cfg, seed). The model is built under
+      (model, mesh). Weights are a pure function of (cfg, seed), whatever the parallelism: the
+      sharded build draws from the same `nnx.Rngs(params=seed, ...)` streams as the unsharded
+      one (not MaxText's `create_nnx_rngs`, which folds the seed differently), and JAX's
+      threefry draws do not depend on jit or sharding. The model is built under
       `jax.set_mesh(mesh)`; callers should jit/run under the same mesh (otherwise the first
       training step recompiles).
     """
-    from maxtext.utils import maxtext_utils, model_creation_utils
+    from maxtext.utils import maxtext_utils, maxtext_utils_nnx, model_creation_utils
 
-    mt_cfg = maxtext_config(cfg, batch_size=batch_size, mode=mode, max_prefill_len=max_prefill_len, run_dir=run_dir)
+    par = Parallelism.coerce(parallelism)
+    mt_cfg = maxtext_config(cfg, batch_size=batch_size, mode=mode, max_prefill_len=max_prefill_len,
+                            run_dir=run_dir, parallelism=par)
     mesh = maxtext_utils.get_mesh_from_config(mt_cfg)
-    with jax.set_mesh(mesh):
+
+    def create_model():
         rngs = nnx.Rngs(params=seed, dropout=seed + 1, aqt=seed + 2)
-        model = model_creation_utils.from_config(mt_cfg, mesh=mesh, model_mode=mode, rngs=rngs)
+        return model_creation_utils.from_config(mt_cfg, mesh=mesh, model_mode=mode, rngs=rngs)
+
+    if not par.sharded:
+        with jax.set_mesh(mesh):
+            return create_model(), mesh
+    # The abstract model only supplies the per-variable NamedShardings (shapes and logical axes
+    # do not depend on the rng streams); the values come from create_model.
+    _, abstract = model_creation_utils.create_nnx_abstract_model(mt_cfg, mesh=mesh, model_mode=mode)
+    model = maxtext_utils_nnx.create_nnx_sharded_model(abstract, create_model, mesh=mesh)
     return model, mesh
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> jax.sharding.NamedSharding:
+    """Sharding of a batch array of rank `ndim`: leading (batch) axis over ('data', 'fsdp'),
+    the rest replicated — MaxText's `activation_batch` rule, so the model's own sharding
+    constraints find the activations already where they want them. Rank 0 → replicated."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    if ndim == 0:
+        return NamedSharding(mesh, PartitionSpec())
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def shard_batch(batch, mesh: jax.sharding.Mesh):
+    """Put every array of a (nested) batch on `mesh` with `batch_sharding`.
+
+    Args:
+      batch: pytree of arrays [B, ...] (numpy or jax); B must be divisible by data·fsdp.
+      mesh: the policy's mesh (`PolicyRuntime.mesh`).
+
+    Returns:
+      the same pytree of jax.Arrays, committed to the mesh.
+    """
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+
+    def put(path, x):
+        x = jnp.asarray(x)
+        if x.ndim and x.shape[0] % ways:
+            raise ValueError(
+                f"shard_batch: {jax.tree_util.keystr(path)} has batch size {x.shape[0]}, "
+                f"not divisible by data×fsdp = {ways}"
+            )
+        return jax.device_put(x, batch_sharding(mesh, x.ndim))
+
+    return jax.tree_util.tree_map_with_path(put, batch)
 
 
 def output_head_weight(model) -> jax.Array:

@@ -32,7 +32,7 @@ from cts.io import atomic_write_jsonl
 from cts.losses.dpo import dpo_loss, sequence_logps
 from cts.losses.grpo import GRPOConfig, grpo_advantages, grpo_loss, token_advantages
 from cts.losses.sft import sft_loss
-from cts.model.policy import token_logprobs
+from cts.model.policy import shard_batch, token_logprobs
 from cts.tasks.schema import Problem, Quadruple
 from cts.train.batching import bucket_length, encode_prompt, make_batch
 from cts.train.checkpoint import CheckpointStore
@@ -332,7 +332,9 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, spec: MethodSpec, 
             if make_cts_batch is not None:
                 batch["cts"] = make_cts_batch(rng, quads)
             # UPDATE
-            params, opt_state, metrics = step_fn(params, opt_state, ref_params, _to_device(batch))
+            # sharded runs split the batch over ("data", "fsdp"); the single-device path is unchanged
+            dev_batch = shard_batch(batch, runtime.mesh) if runtime.parallelism.sharded else _to_device(batch)
+            params, opt_state, metrics = step_fn(params, opt_state, ref_params, dev_batch)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             _check_finite(metrics, step)
             # time/* keys are wall-clock; every other key is a deterministic function of (config, seed)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cts.model.policy import ModelConfig, build_policy, forward
+from cts.model.policy import ModelConfig, Parallelism, build_policy, forward
 from cts.model.tokenizer import get_tokenizer
 from cts.train.batching import encode_prompt
 
@@ -66,10 +66,16 @@ _HELD_SLOTS: list = []
 class PolicyRuntime:
     """A tokenizer plus a MaxText decoder, with parameters kept outside the module."""
 
-    def __init__(self, model_cfg: dict, tokenizer: str, *, seed: int, batch_size: int = 8):
+    def __init__(self, model_cfg: dict, tokenizer: str, *, seed: int, batch_size: int = 8,
+                 parallelism: Parallelism | dict | None = None):
+        """parallelism: None (replicated weights) or e.g. {"fsdp": 4, "tensor": 2}: weights built
+        sharded on that mesh (see cts.model.policy.Parallelism); batches go on it with
+        `shard_batch(batch, self.mesh)`."""
         self.tok = get_tokenizer(tokenizer)
         self.model_cfg = ModelConfig(vocab_size=self.tok.vocab_size, **model_cfg)
-        model, self.mesh = build_policy(self.model_cfg, seed=seed, batch_size=batch_size)
+        self.parallelism = Parallelism.coerce(parallelism)
+        model, self.mesh = build_policy(self.model_cfg, seed=seed, batch_size=batch_size,
+                                        parallelism=self.parallelism)
         self.graphdef, self.init_params, self.rest = nnx.split(model, nnx.Param, ...)
         self._samplers: dict = {}
 
