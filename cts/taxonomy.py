@@ -32,7 +32,7 @@ from cts.tasks.synthetic import Op, apply_op, code_statement, math_step_line
 from cts.verifiers import math as mv
 
 __all__ = ["MATH_LABELS", "CODE_LABELS", "LABELS", "Diagnosis", "diagnose", "code_steps",
-           "math_steps", "parse_straight_line_code"]
+           "math_steps", "operand_numbers", "parse_straight_line_code"]
 
 MATH_LABELS = ("arithmetic_slip", "wrong_operation", "misread_quantity", "missing_step",
                "wrong_final_answer_extraction")
@@ -136,7 +136,7 @@ def _diagnose_synthetic_math(problem, attempt, spans, program) -> Diagnosis:
                      fix=f"#### {value}")
 
 
-def _numbers(text: str) -> set[str]:
+def operand_numbers(text: str) -> set[str]:
     """Numbers in text; a '-' right after a digit or ')' is subtraction, not a sign (`12-2` → 12, 2)."""
     out = set()
     for m in re.finditer(r"-?\d[\d,]*(?:\.\d+)?", text):
@@ -152,16 +152,16 @@ def _diagnose_free_math(problem, attempt, spans) -> Diagnosis:
     n = len(spans)
     ref_steps = mv.split_steps(problem.reference)
     last_result = None
-    known = _numbers(problem.prompt)
+    known = operand_numbers(problem.prompt)
     for i, (s, e) in enumerate(spans):
         line = attempt[s:e]
         for m in re.finditer(r"<<([^=<>]*)=([^<>]*)>>", line):
-            operands = _numbers(m.group(1))
+            operands = operand_numbers(m.group(1))
             if operands - known - {"1", "2", "100", "12", "60", "7", "24", "10"}:
                 return Diagnosis(False, i, (s, e), "misread_quantity", n,
                                  reason=f"step {i + 1} uses a number found neither in the problem "
                                         f"nor in an earlier step")
-            known |= _numbers(m.group(2))
+            known |= operand_numbers(m.group(2))
             last_result = mv.normalize_answer(m.group(2))
     final = mv.normalize_answer(mv.extract_answer(attempt)) if "####" in attempt else None
     if last_result is not None and (final is None or final != last_result) \

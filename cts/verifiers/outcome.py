@@ -2,8 +2,12 @@
 
 `verify(problem, completion)` returns a Verdict with
   correct     — math: the final answer matches; code: every test passes (the B2 outcome reward);
-  step_score  — math: fraction of `<<a op b=c>>` annotations that re-evaluate correctly (1.0 when
-                there are none); code: fraction of tests passed (the B3 verifier reward's extra term);
+  step_score  — math: k/H, where k is the number of leading steps that pass the verifiable checks
+                (every `<<a op b=c>>` annotation of the step re-evaluates correctly, and its operands
+                are numbers of the prompt or results of earlier steps) capped at H, the reference
+                solution's number of steps. Short or unchained solutions therefore cannot score well
+                by writing one easy, correct annotation. code: fraction of tests passed.
+                (The B3 verifier reward's extra term.)
   code_verdict — the sandbox verdict for code (None for math), which the taxonomy tagger reads.
 
 Synthetic code of the exact straight-line form `def f(x): x = x op k ...; return x` is evaluated
@@ -21,7 +25,7 @@ from cts.tasks.schema import Problem
 from cts.tasks.synthetic import apply_op
 from cts.verifiers import math as mv
 
-__all__ = ["Verdict", "verify", "verify_many"]
+__all__ = ["Verdict", "verified_prefix", "verify", "verify_many"]
 
 _ASSERT = re.compile(r"^assert f\((-?\d+)\) == (-?\d+)$")
 
@@ -33,12 +37,27 @@ class Verdict:
     code_verdict: object | None = None
 
 
+def verified_prefix(problem: Problem, completion: str) -> int:
+    """Number of leading steps whose annotations are all correct and chained (see module doc)."""
+    from cts.taxonomy import operand_numbers
+
+    known = operand_numbers(problem.prompt)
+    k = 0
+    for c in mv.check_steps(completion):
+        if not c.annotations or not all(a.ok for a in c.annotations):
+            break
+        if any(operand_numbers(a.expression) - known for a in c.annotations):
+            break
+        for a in c.annotations:
+            known |= operand_numbers(a.claimed)
+        k += 1
+    return k
+
+
 def _verify_math(problem: Problem, completion: str) -> Verdict:
-    checks = mv.check_steps(completion)
-    annotations = [a for c in checks for a in c.annotations]
-    ok = sum(a.ok for a in annotations)
+    h = max(problem.horizon, 1)
     return Verdict(correct=mv.is_correct(completion, problem.answer),
-                   step_score=ok / len(annotations) if annotations else 1.0)
+                   step_score=min(verified_prefix(problem, completion), h) / h)
 
 
 def _fast_code_verdict(problem: Problem, completion: str):
