@@ -2,16 +2,16 @@ rule audit_dag:
     output:
         svg="results/audit/dag.svg",
         mermaid="results/audit/dag.mmd",
-    params:
-        config=config,
-        target="results/table.md",
     log:
         "logs/audit/audit_dag/all.log",
     benchmark:
         "benchmarks/audit/audit_dag/all.tsv"
-    threads: 1
     conda:
         "../envs/cts.yaml"
+    threads: 1
+    params:
+        config=config,
+        target="results/table.md",
     script:
         "../scripts/audit_dag.py"
 
@@ -25,15 +25,15 @@ rule audit_provenance:
     output:
         provenance="results/audit/provenance.json",
         fingerprints="results/audit/fingerprints.json",
-    params:
-        config=config,
-        teacher_cache=config.get("paths", {}).get("teacher_cache", "work/teacher_cache"),
     log:
         "logs/audit/audit_provenance/all.log",
     benchmark:
         "benchmarks/audit/audit_provenance/all.tsv"
-    threads: 1
     conda:
         "../envs/cts.yaml"
+    threads: 1
+    params:
+        config=config,
+        teacher_cache=config.get("paths", {}).get("teacher_cache", "work/teacher_cache"),
     script:
         "../scripts/audit_provenance.py"

@@ -14,7 +14,6 @@ from cts.config import (
     method_ids,
 )
 
-
 validate(config, schema="../schemas/workflow_config.schema.yaml")
 check_consistency(config)
 
@@ -26,6 +25,8 @@ CELLS = cells(config)
 # shows what training added; its greedy answers are the same for every seed, its samples are not.
 EVAL_CELLS = CELLS + [Cell(t, "base", s) for t in TASKS for s in config["seeds"]]
 CKPT_ROOT = config.get("paths", {}).get("checkpoints", "work/checkpoints")
+
+
 # Each JAX job uses resources.jax_threads CPUs of its own (a CPU slot, cts.train.runtime). It
 # claims cores·jax_threads/ncpu of Snakemake's --cores, so at most ncpu/jax_threads JAX jobs run
 # at once whatever --cores says: `--cores 8` on a 2-core laptop does not oversubscribe.
@@ -35,7 +36,9 @@ def jax_job_threads():
         cores = workflow.cores
     except WorkflowError:
         return 1
-    per_job = min(config.get("resources", {}).get("jax_threads", 1), os.cpu_count() or 1)
+    per_job = min(
+        config.get("resources", {}).get("jax_threads", 1), os.cpu_count() or 1
+    )
     return max(1, min(cores, -(-cores * per_job // (os.cpu_count() or 1))))
 
 
@@ -90,7 +93,9 @@ def get_eval_final(wildcards):
 
 
 def get_metrics_files():
-    return [f"results/train/{c.task}/{c.method}/seed{c.seed}/metrics.jsonl" for c in CELLS]
+    return [
+        f"results/train/{c.task}/{c.method}/seed{c.seed}/metrics.jsonl" for c in CELLS
+    ]
 
 
 def get_power_plan():

@@ -1,15 +1,15 @@
 rule data_prepare:
     output:
         "results/data/{task}/problems.jsonl",
-    params:
-        data=lambda w: config["data"][w.task],
     log:
         "logs/data/data_prepare/{task}.log",
     benchmark:
         "benchmarks/data/data_prepare/{task}.tsv"
-    threads: 1
     conda:
         "../envs/cts.yaml"
+    threads: 1
+    params:
+        data=lambda w: config["data"][w.task],
     script:
         "../scripts/data_prepare.py"
 
@@ -22,14 +22,14 @@ rule data_split:
         dev="results/splits/{task}/dev.jsonl",
         test="results/splits/{task}/test.jsonl",
         manifest="results/splits/{task}/manifest.json",
-    params:
-        splits=config["splits"],
     log:
         "logs/data/data_split/{task}.log",
     benchmark:
         "benchmarks/data/data_split/{task}.tsv"
-    threads: 1
     conda:
         "../envs/cts.yaml"
+    threads: 1
+    params:
+        splits=config["splits"],
     script:
         "../scripts/data_split.py"

@@ -5,17 +5,17 @@ rule eval_cell:
         tagged="results/taxonomy/{task}/tagged.jsonl",
     output:
         "results/eval/{task}/{method}/seed{seed}/problems.jsonl",
+    log:
+        "logs/eval/eval_cell/{task}/{method}/seed{seed}.log",
+    benchmark:
+        "benchmarks/eval/eval_cell/{task}/{method}/seed{seed}.tsv"
+    conda:
+        "../envs/cts.yaml"
+    threads: JAX_THREADS
     params:
         eval=config["eval"],
         method=lambda w: w.method,
         seed=lambda w: w.seed,
         jax_threads=jax_threads_cap(),
-    log:
-        "logs/eval/eval_cell/{task}/{method}/seed{seed}.log",
-    benchmark:
-        "benchmarks/eval/eval_cell/{task}/{method}/seed{seed}.tsv"
-    threads: JAX_THREADS
-    conda:
-        "../envs/cts.yaml"
     script:
         "../scripts/eval_cell.py"

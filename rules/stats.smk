@@ -3,17 +3,17 @@ rule stats_power:
         manifests=expand("results/splits/{task}/manifest.json", task=TASKS),
     output:
         "results/power.md",
-    params:
-        plan=get_power_plan(),
-        tasks=TASKS,
-        eval_split=config["eval"]["split"],
     log:
         "logs/stats/stats_power/all.log",
     benchmark:
         "benchmarks/stats/stats_power/all.tsv"
-    threads: 1
     conda:
         "../envs/cts.yaml"
+    threads: 1
+    params:
+        plan=get_power_plan(),
+        tasks=TASKS,
+        eval_split=config["eval"]["split"],
     script:
         "../scripts/stats_power.py"
 
@@ -32,18 +32,18 @@ rule stats_table:
             caption="../report/figures.rst",
             category="Figures",
         ),
+    log:
+        "logs/stats/stats_table/all.log",
+    benchmark:
+        "benchmarks/stats/stats_table/all.tsv"
+    conda:
+        "../envs/cts.yaml"
+    threads: 1
     params:
         plan=get_power_plan(),
         tasks=TASKS,
         eval_split=config["eval"]["split"],
         stats=config["stats"],
-    log:
-        "logs/stats/stats_table/all.log",
-    benchmark:
-        "benchmarks/stats/stats_table/all.tsv"
-    threads: 1
-    conda:
-        "../envs/cts.yaml"
     script:
         "../scripts/stats_table.py"
 
@@ -59,15 +59,15 @@ rule stats_human_eval_export:
     output:
         sheet="results/human_eval/sheet.csv",
         key="results/human_eval/key.csv",
-    params:
-        n_per_method=20,
-        seed=config["stats"]["seed"],
     log:
         "logs/stats/stats_human_eval_export/all.log",
     benchmark:
         "benchmarks/stats/stats_human_eval_export/all.tsv"
-    threads: 1
     conda:
         "../envs/cts.yaml"
+    threads: 1
+    params:
+        n_per_method=20,
+        seed=config["stats"]["seed"],
     script:
         "../scripts/stats_human_eval_export.py"

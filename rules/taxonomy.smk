@@ -9,8 +9,8 @@ rule taxonomy_tag:
         "logs/taxonomy/taxonomy_tag/{task}.log",
     benchmark:
         "benchmarks/taxonomy/taxonomy_tag/{task}.tsv"
-    threads: 1
     conda:
         "../envs/cts.yaml"
+    threads: 1
     script:
         "../scripts/taxonomy_tag.py"

@@ -6,17 +6,17 @@ rule teacher_rollouts:
         ),
     output:
         "results/rollouts/{task}/attempts.jsonl",
-    params:
-        splits=config["rollouts"]["splits"],
-        rollouts=config["rollouts"],
-        jax_threads=jax_threads_cap(),
     log:
         "logs/teacher/teacher_rollouts/{task}.log",
     benchmark:
         "benchmarks/teacher/teacher_rollouts/{task}.tsv"
-    threads: JAX_THREADS
     conda:
         "../envs/cts.yaml"
+    threads: JAX_THREADS
+    params:
+        splits=config["rollouts"]["splits"],
+        rollouts=config["rollouts"],
+        jax_threads=jax_threads_cap(),
     script:
         "../scripts/teacher_rollouts.py"
 
@@ -26,15 +26,15 @@ rule teacher_critique:
         "results/rollouts/{task}/attempts.jsonl",
     output:
         "results/teacher/{task}/quadruples.jsonl",
-    params:
-        teacher=config["teacher"],
-        cache_dir=config.get("paths", {}).get("teacher_cache", "work/teacher_cache"),
     log:
         "logs/teacher/teacher_critique/{task}.log",
     benchmark:
         "benchmarks/teacher/teacher_critique/{task}.tsv"
-    threads: 2
     conda:
         "../envs/cts.yaml"
+    threads: 2
+    params:
+        teacher=config["teacher"],
+        cache_dir=config.get("paths", {}).get("teacher_cache", "work/teacher_cache"),
     script:
         "../scripts/teacher_critique.py"

@@ -3,19 +3,19 @@ rule train_base:
         train="results/splits/{task}/train.jsonl",
     output:
         "results/base/{task}/final.json",
+    log:
+        "logs/train/train_base/{task}.log",
+    benchmark:
+        "benchmarks/train/train_base/{task}.tsv"
+    conda:
+        "../envs/cts.yaml"
+    threads: JAX_THREADS
     params:
         model=config["model"],
         tokenizer=config["tokenizer"],
         base_policy=config["base_policy"],
         ckpt_dir=lambda w: f"{CKPT_ROOT}/{w.task}/base",
         jax_threads=jax_threads_cap(),
-    log:
-        "logs/train/train_base/{task}.log",
-    benchmark:
-        "benchmarks/train/train_base/{task}.tsv"
-    threads: JAX_THREADS
-    conda:
-        "../envs/cts.yaml"
     script:
         "../scripts/train_base.py"
 
@@ -25,16 +25,16 @@ rule train_fingerprint:
         manifests=expand("results/splits/{task}/manifest.json", task=TASKS),
     output:
         "results/fingerprint/fingerprints.json",
-    params:
-        tasks=TASKS,
-        cells=get_all_fairness(),
     log:
         "logs/train/train_fingerprint/all.log",
     benchmark:
         "benchmarks/train/train_fingerprint/all.tsv"
-    threads: 1
     conda:
         "../envs/cts.yaml"
+    threads: 1
+    params:
+        tasks=TASKS,
+        cells=get_all_fairness(),
     script:
         "../scripts/train_fingerprint.py"
 
@@ -48,16 +48,16 @@ rule train_cell:
     output:
         final="results/train/{task}/{method}/seed{seed}/final.json",
         metrics="results/train/{task}/{method}/seed{seed}/metrics.jsonl",
-    params:
-        cell=get_cell_config,
-        ckpt_dir=lambda w: f"{CKPT_ROOT}/{w.task}/{w.method}/seed{w.seed}",
-        jax_threads=jax_threads_cap(),
     log:
         "logs/train/train_cell/{task}/{method}/seed{seed}.log",
     benchmark:
         "benchmarks/train/train_cell/{task}/{method}/seed{seed}.tsv"
-    threads: JAX_THREADS
     conda:
         "../envs/cts.yaml"
+    threads: JAX_THREADS
+    params:
+        cell=get_cell_config,
+        ckpt_dir=lambda w: f"{CKPT_ROOT}/{w.task}/{w.method}/seed{w.seed}",
+        jax_threads=jax_threads_cap(),
     script:
         "../scripts/train_cell.py"

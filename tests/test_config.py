@@ -114,3 +114,9 @@ def test_schema_rejects_unsafe_names_and_unknown_keys(tmp_path):
 
 def test_method_ids_order():
     assert method_ids({"methods": ["B0", "B5"], "ablations": ["A1"], "ablation_base": "B5"}) == ["B0", "B5", "B5-A1"]
+
+
+def test_snakefmt_is_clean():
+    out = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules/"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
