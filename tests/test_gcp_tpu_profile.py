@@ -368,14 +368,15 @@ def _assert_one_vm_per_job(env: dict, state_dir: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_snakemake_profile_end_to_end_splits(tmp_path, env):
-    """Real snakemake → cluster-generic → our scripts → fake gcloud → data_prepare, data_split."""
-    _snakemake_with_fake_tpus(tmp_path, env, ["results/splits/synth_math/manifest.json"], timeout=300)
+def test_snakemake_profile_end_to_end_base_policy(tmp_path, env):
+    """Real snakemake → cluster-generic → our scripts → fake gcloud → train_base on a "TPU VM";
+    the data rules are localrules and must not take a VM."""
+    _snakemake_with_fake_tpus(tmp_path, env, ["results/base/synth_math/final.json"], timeout=600)
     work = tmp_path / "work"
-    assert json.loads((work / "results/splits/synth_math/manifest.json").read_text())
+    assert json.loads((work / "results/base/synth_math/final.json").read_text())["steps"] >= 1
     names = _assert_one_vm_per_job(env, work / ".snakemake" / "gcp_tpu")
     rules = sorted(json.loads((work / ".snakemake/gcp_tpu" / f"{n}.json").read_text())["rule"] for n in names)
-    assert rules == ["data_prepare", "data_split"]  # update if these become localrules
+    assert rules == ["train_base"]
 
 
 @pytest.mark.heavy
