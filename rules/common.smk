@@ -57,11 +57,16 @@ def jax_threads_cap():
 
 
 def get_final_outputs():
+    # Snakemake >= 7.7 does not regenerate a deleted intermediate file while the requested target
+    # is up to date (snakemake#1978), so `all` also names every cell's outputs: after deleting
+    # one, `snakemake --cores N` reruns just that job and what depends on it.
     return [
         "results/table.md",
         "results/power.md",
         "results/audit/provenance.json",
         "results/audit/dag.svg",
+        *get_eval_files(),
+        *get_metrics_files(),
     ]
 
 
