@@ -146,7 +146,8 @@ def bench_grpo(args):
     rng = np.random.default_rng(0)
 
     def build():
-        return L._grpo_batch(runtime, {"policy": params0}, data, spec3, loop, np.random.default_rng(0), key)
+        return L._grpo_batch(runtime, {"policy": params0}, data, spec3, loop, np.random.default_rng(0), key,
+                             L._grpo_pad_length(runtime, data, loop))
 
     batch3, host, _ = build()
     t_build_total = median_time(build, args.repeats)  # sample + verify + batch

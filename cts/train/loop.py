@@ -207,18 +207,14 @@ def _dpo_batch(runtime, data: TrainData, loop: LoopConfig, rng, pad_to: int) -> 
 
 
 def _grpo_pad_length(runtime, data: TrainData, loop: LoopConfig) -> int:
-    """Longest prompt of the task + the rollout budget, bucketed; computed once per run."""
-    key = (id(data), loop.max_new_tokens)
-    if key not in _PAD_CACHE:
-        longest_prompt = max(len(encode_prompt(runtime.tok, p.prompt)) for p in data.problems)
-        _PAD_CACHE[key] = bucket_length(longest_prompt + loop.max_new_tokens + 1, runtime.model_cfg.max_len)
-    return _PAD_CACHE[key]
+    """Longest prompt of the task + the rollout budget, bucketed (one compile per run)."""
+    if not data.problems:
+        raise ValueError("no training problems for GRPO (check the split outputs)")
+    longest_prompt = max(len(encode_prompt(runtime.tok, p.prompt)) for p in data.problems)
+    return bucket_length(longest_prompt + loop.max_new_tokens + 1, runtime.model_cfg.max_len)
 
 
-_PAD_CACHE: dict = {}
-
-
-def _grpo_batch(runtime, params, data: TrainData, spec: MethodSpec, loop: LoopConfig, rng, key):
+def _grpo_batch(runtime, params, data: TrainData, spec: MethodSpec, loop: LoopConfig, rng, key, pad_to: int):
     from cts.teachers.programmatic import critique
     from cts.verifiers.outcome import verify_many
 
@@ -238,7 +234,6 @@ def _grpo_batch(runtime, params, data: TrainData, spec: MethodSpec, loop: LoopCo
         quads = [critique(p, c, v.code_verdict) for p, c, v in zip(problems, completions, verdicts)]
         if spec.reward == "critique":
             flags = [tuple(q.error_span) if q.error_span is not None else None for q in quads]
-    pad_to = _grpo_pad_length(runtime, data, loop)
     b = make_batch(runtime.tok, prompts, completions, runtime.model_cfg.max_len, flag_spans=flags,
                    pad_to=pad_to, response_ids=ids, finished=finished)
     host = {"reward/mean": float(rewards.mean()), "reward/accuracy": float(np.mean([v.correct for v in verdicts])),
@@ -315,6 +310,8 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, spec: MethodSpec, 
         pad_to = _pad_length(runtime, data.sft_pairs)
     elif spec.loss == "dpo":
         pad_to = _pad_length(runtime, [(q.prompt, r) for q in data.quadruples for r in (q.attempt, q.revision)])
+    else:
+        pad_to = _grpo_pad_length(runtime, data, loop)
 
     with open(metrics_path, "a") as mlog:
         for step in range(start, loop.steps):
@@ -328,7 +325,7 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, spec: MethodSpec, 
             elif spec.loss == "dpo":
                 batch = _dpo_batch(runtime, data, loop, rng, pad_to)
             else:
-                batch, host, quads = _grpo_batch(runtime, params, data, spec, loop, rng, key)
+                batch, host, quads = _grpo_batch(runtime, params, data, spec, loop, rng, key, pad_to)
             if make_cts_batch is not None:
                 batch["cts"] = make_cts_batch(rng, quads)
             # UPDATE
