@@ -26,7 +26,7 @@ def test_gsm8k_and_mbpp_reach_the_taxonomy(tmp_path):
     for task in ("gsm8k", "mbpp"):
         rows = read_jsonl(tmp_path / f"results/taxonomy/{task}/tagged.jsonl")
         problems = read_jsonl(tmp_path / f"results/data/{task}/problems.jsonl")
-        assert len(problems) == 40
+        assert len(problems) == 24
         assert len(rows) == sum(read_json(tmp_path / f"results/splits/{task}/manifest.json")["splits"][s]["n"]
                                 for s in ("train", "test"))
         wrong = [r for r in rows if not r["attempt_correct"]]
