@@ -20,7 +20,6 @@ rule audit_provenance:
     input:
         manifests=expand("results/splits/{task}/manifest.json", task=TASKS),
         fingerprints="results/fingerprint/fingerprints.json",
-        table="results/table.md",
         dag="results/audit/dag.svg",
     output:
         provenance="results/audit/provenance.json",

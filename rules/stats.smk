@@ -21,6 +21,9 @@ rule stats_power:
 rule stats_table:
     input:
         evals=get_eval_files(),
+        # built with the table, so `snakemake results/table.md` leaves the whole audit trail
+        power="results/power.md",
+        provenance="results/audit/provenance.json",
         metrics=get_metrics_files(),
         manifests=expand("results/splits/{task}/manifest.json", task=TASKS),
     output:

@@ -95,7 +95,7 @@ def test_deleting_one_eval_reruns_only_that_eval_and_the_stats(workdir):
     finally:
         target.write_bytes(backup)
         os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert {r for r, _ in jobs} - {"all"} == {"eval_cell", "stats_table", "audit_provenance"}, jobs
+    assert {r for r, _ in jobs} - {"all"} == {"eval_cell", "stats_table"}, jobs
     assert [w for r, w in jobs if r == "eval_cell"] == ["task=synth_math, method=B2, seed=0"]
 
 
