@@ -70,9 +70,13 @@ def cell_config(config: dict, task: str, method: str, seed: int) -> dict:
     mcfg = config["methods_config"].get(base)
     if mcfg is None:
         raise KeyError(f"methods_config has no block for method {base!r}")
+    # A method may override the shared budget (train_overrides); the fairness fingerprint then
+    # differs from its task's other cells and the DAG stops before any training job.
+    train = {**config["train"], **mcfg.get("train_overrides", {})}
+    mcfg = {k: v for k, v in mcfg.items() if k != "train_overrides"}
     out = {
         "task": task, "method": method, "seed": int(seed),
-        "train": config["train"], "method_config": mcfg,
+        "train": train, "method_config": mcfg,
         "model": config["model"], "tokenizer": config["tokenizer"],
     }
     if config.get("parallelism"):

@@ -126,3 +126,19 @@ def test_report_includes_the_figures(workdir):
     _snakemake(workdir, "--report", "results/report.html", "--configfile", str(CONFIG))
     html = (workdir / "results/report.html").read_text(errors="replace")
     assert "Figures" in html and ".png" in html
+
+
+def test_an_unfair_cell_stops_the_dag_before_training(tmp_path):
+    """Perturb one method's budget: the fingerprint rule fails, naming the cells and the field,
+    and no training cell starts (every train_cell depends on the fingerprint)."""
+    wd = tmp_path / "unfair"
+    wd.mkdir()
+    for name in WORKFLOW_FILES:
+        os.symlink(REPO / name, wd / name)
+    override = tmp_path / "override.yaml"
+    override.write_text("methods_config:\n  B2: {loss: grpo, reward: outcome, train_overrides: {steps: 3}}\n")
+    out = _snakemake(wd, "results/table.md", "--configfile", str(CONFIG), str(override), check=False)
+    log = (wd / "logs/train/train_fingerprint/all.log").read_text()
+    assert out.returncode != 0
+    assert "FairnessError" in log and "B2/seed0" in log and "budget" in log, log[-2000:]
+    assert not (wd / "results/train").exists()  # no training cell ran
