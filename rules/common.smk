@@ -31,15 +31,17 @@ CKPT_ROOT = config.get("paths", {}).get("checkpoints", "work/checkpoints")
 # claims cores·jax_threads/ncpu of Snakemake's --cores, so at most ncpu/jax_threads JAX jobs run
 # at once whatever --cores says: `--cores 8` on a 2-core laptop does not oversubscribe.
 # (--dag, --lint and --summary give no --cores: any value serves there.)
+def jax_threads_cap():
+    """CPUs each JAX job pins itself to (resources.jax_threads, at most the cores here)."""
+    return min(config.get("resources", {}).get("jax_threads", 1), os.cpu_count() or 1)
+
+
 def jax_job_threads():
     try:
         cores = workflow.cores
     except WorkflowError:
         return 1
-    per_job = min(
-        config.get("resources", {}).get("jax_threads", 1), os.cpu_count() or 1
-    )
-    return max(1, min(cores, -(-cores * per_job // (os.cpu_count() or 1))))
+    return max(1, min(cores, -(-cores * jax_threads_cap() // (os.cpu_count() or 1))))
 
 
 JAX_THREADS = jax_job_threads()
@@ -50,10 +52,6 @@ wildcard_constraints:
     method="|".join(m.replace("-", "\\-") for m in METHODS + ["base"]),
     seed=r"\d+",
     split="train|dev|test",
-
-
-def jax_threads_cap():
-    return min(config.get("resources", {}).get("jax_threads", 1), os.cpu_count() or 1)
 
 
 def get_final_outputs():
