@@ -64,6 +64,15 @@ class ModelConfig:
     max_len      → max_target_length (T: longest prompt + completion in train mode)
     dtype        → dtype (activations); weights are always float32 so optimizer updates are exact
     decoder_block→ decoder_block, one of DECODER_BLOCKS
+    rope_max_timescale → rope_max_timescale (RoPE θ: frequency i is θ^(-2i/head_dim))
+    norm_epsilon → normalization_layer_epsilon (RMSNorm ε)
+    tied_embeddings → logits_via_embedding (the output head is the embedding table), with
+                   normalize_embedding_logits = False: llama-family models do not divide tied
+                   logits by sqrt(D). MaxText 0.2.5 multiplies by a bfloat16 copy of the table.
+
+    The last three default to MaxText's base.yml values (10000, 1e-5, untied), so a config
+    that does not set them builds exactly the model it built before they existed; pretrained
+    llama-family weights (cts.model.pretrained) need them set to the checkpoint's values.
     """
 
     vocab_size: int = 128
@@ -76,6 +85,9 @@ class ModelConfig:
     max_len: int = 256
     dtype: str = "float32"
     decoder_block: str = "default"
+    rope_max_timescale: int = 10_000
+    norm_epsilon: float = 1e-5
+    tied_embeddings: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "emb_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim", "num_layers", "max_len"):
@@ -92,6 +104,14 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.decoder_block not in DECODER_BLOCKS:
             raise ValueError(f"ModelConfig.decoder_block must be one of {DECODER_BLOCKS}, got {self.decoder_block!r}")
+        if not isinstance(self.rope_max_timescale, int) or isinstance(self.rope_max_timescale, bool) \
+                or self.rope_max_timescale <= 0:  # MaxText types the key as an int
+            raise ValueError(f"ModelConfig.rope_max_timescale must be a positive int, got {self.rope_max_timescale!r}")
+        if not isinstance(self.norm_epsilon, (int, float)) or isinstance(self.norm_epsilon, bool) \
+                or not self.norm_epsilon > 0:
+            raise ValueError(f"ModelConfig.norm_epsilon must be a positive number, got {self.norm_epsilon!r}")
+        if not isinstance(self.tied_embeddings, bool):
+            raise ValueError(f"ModelConfig.tied_embeddings must be a bool, got {self.tied_embeddings!r}")
 
     @property
     def num_params_estimate(self) -> int:
@@ -99,7 +119,7 @@ class ModelConfig:
         d, h, kv, hd = self.emb_dim, self.num_heads, self.num_kv_heads, self.head_dim
         attn = d * hd * (h + 2 * kv) + h * hd * d
         mlp = 3 * d * self.mlp_dim if self.decoder_block != "default" else 2 * d * self.mlp_dim
-        return self.num_layers * (attn + mlp) + 2 * self.vocab_size * d
+        return self.num_layers * (attn + mlp) + (1 if self.tied_embeddings else 2) * self.vocab_size * d
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -209,6 +229,9 @@ def maxtext_config(
         prefill = max_prefill_len
     if not 1 <= prefill < cfg.max_len:
         raise ValueError(f"maxtext_config: max_prefill_len={prefill} must be in [1, max_len={cfg.max_len})")
+    # Only a tied head needs a key beyond the defaults: MaxText's base.yml would divide tied
+    # logits by sqrt(D) (normalize_embedding_logits), which llama-family models do not do.
+    head_keys = {"logits_via_embedding": True, "normalize_embedding_logits": False} if cfg.tied_embeddings else {}
     if run_dir is None:
         run_dir = tempfile.mkdtemp(prefix="cts-maxtext-")
     os.makedirs(run_dir, exist_ok=True)
@@ -229,6 +252,8 @@ def maxtext_config(
         base_mlp_dim=cfg.mlp_dim,
         base_num_decoder_layers=cfg.num_layers,
         vocab_size=cfg.vocab_size,
+        rope_max_timescale=cfg.rope_max_timescale,
+        normalization_layer_epsilon=cfg.norm_epsilon,
         max_target_length=cfg.max_len,
         max_prefill_predict_length=prefill,
         per_device_batch_size=batch_size / n_dev,
@@ -238,6 +263,7 @@ def maxtext_config(
         scan_layers=False,  # per-layer params: simpler trees, and L is small
         enable_dropout=False,
         log_config=False,
+        **head_keys,
         **mesh_keys,
     )
 
