@@ -90,5 +90,5 @@ def test_gpt2_decode_skips_pad_keeps_eos():
 
 
 def test_get_tokenizer_unknown_lists_names():
-    with pytest.raises(LookupError, match=r"'bpe'.*\['char', 'gpt2'\]"):
+    with pytest.raises(LookupError, match=r"'bpe'.*\['char', 'gpt2', 'smollm2'\]"):
         get_tokenizer("bpe")

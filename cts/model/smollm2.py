@@ -44,6 +44,7 @@ __all__ = [
     "SMOLLM2_GGUF_NAME",
     "SmolLM2Config",
     "find_smollm2_gguf",
+    "load_gguf_metadata",
     "load_gguf_weights",
     "smollm2_model_config",
     "unpermute_gguf_rope_rows",
@@ -95,6 +96,29 @@ def _field_value(field: Any) -> Any:
     return value
 
 
+def _open_gguf(path: str | os.PathLike) -> tuple[Path, Any]:
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no GGUF file at {path}")
+    try:
+        return path, gguf.GGUFReader(path)
+    except ValueError as e:
+        raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
+
+
+def load_gguf_metadata(path: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
+    """Metadata and tensor names of a GGUF file, without dequantizing any tensor (≈3 s here,
+    most of it parsing the 49k-entry token list): what a tokenizer or a config check needs.
+
+    Raises:
+        FileNotFoundError / ValueError: as `load_gguf_weights`.
+    """
+    _, reader = _open_gguf(path)
+    return {key: _field_value(field) for key, field in reader.fields.items()}, [t.name for t in reader.tensors]
+
+
 def load_gguf_weights(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Read a GGUF file: metadata and every tensor dequantized to float32.
 
@@ -112,17 +136,9 @@ def load_gguf_weights(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str
         ValueError: the file is not GGUF, or a tensor dequantizes to an unexpected shape
             (the message names the tensor).
     """
-    import gguf
     from gguf import quants
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no GGUF file at {path}")
-    try:
-        reader = gguf.GGUFReader(path)
-    except ValueError as e:
-        raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
-
+    path, reader = _open_gguf(path)
     metadata = {key: _field_value(field) for key, field in reader.fields.items()}
     tensors: dict[str, np.ndarray] = {}
     for t in reader.tensors:
@@ -395,21 +411,26 @@ def reference_greedy_decode(
     *,
     max_new_tokens: int,
     stop_ids: Sequence[int] = (),
+    num_layers: int | None = None,
+    head_bf16: bool = False,
 ) -> list[int]:
     """Greedy continuation of `prompt_ids` with `reference_forward` and its KV cache.
 
-    Returns the generated ids (at most `max_new_tokens`), including a final stop id if one was hit.
+    `num_layers` and `head_bf16` are passed to `reference_forward` (a truncated model; MaxText's
+    bfloat16 tied head). Returns the generated ids (at most `max_new_tokens`), including a final
+    stop id if one was hit.
     """
     if len(prompt_ids) + max_new_tokens > config.context_length:
         raise ValueError(f"prompt + max_new_tokens exceeds the context length {config.context_length}")
-    logits, cache = reference_forward(tensors, config, prompt_ids)
+    kw = {"num_layers": num_layers, "head_bf16": head_bf16}
+    logits, cache = reference_forward(tensors, config, prompt_ids, **kw)
     generated: list[int] = []
     for _ in range(max_new_tokens):
         next_id = int(np.argmax(logits[-1]))
         generated.append(next_id)
         if next_id in stop_ids:
             break
-        logits, cache = reference_forward(tensors, config, [next_id], cache=cache)
+        logits, cache = reference_forward(tensors, config, [next_id], cache=cache, **kw)
     return generated
 
 

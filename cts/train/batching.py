@@ -1,6 +1,7 @@
 """Text → fixed-shape token batches: prompt/response masks and step/flag maps over the response.
 
-A sequence is `BOS prompt \\n response EOS`. The loss mask covers the response and its EOS. Step
+A sequence is `BOS prompt \\n response EOS` (or the tokenizer's `encode_prompt(prompt)`, e.g. an
+instruct model's chat turn, then `response EOS`). The loss mask covers the response and its EOS. Step
 maps give, for each response token, the index of the reasoning step it belongs to (−1 outside
 any step), so the CTS trajectory can pool tokens into steps and α can localise the flagged step.
 Batches are right-padded to a length bucket (multiple of 64) so a run compiles a few shapes only.
@@ -23,7 +24,9 @@ def bucket_length(n: int, max_len: int, multiple: int = 64) -> int:
 
 
 def encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:
-    return [tok.bos_id, *tok.encode(prompt + "\n")]
+    """`BOS prompt \\n`, or the tokenizer's own `encode_prompt` (an instruct model's chat turn)."""
+    own = getattr(tok, "encode_prompt", None)
+    return own(prompt) if own is not None else [tok.bos_id, *tok.encode(prompt + "\n")]
 
 
 @dataclass
