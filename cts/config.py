@@ -143,5 +143,9 @@ def check_consistency(config: dict) -> None:
          f"rollouts.splits {config['rollouts']['splits']} must include eval.split "
          f"{config['eval']['split']!r} (the base attempts there are the Δ_critique reference)")
     need("train" in config["rollouts"]["splits"], "rollouts.splits must include 'train' (y⁰ for the quadruples)")
+    from cts.model.pretrained import check_pretrained_config  # light: no JAX, no file read
+
+    for problem in check_pretrained_config(config):
+        need(False, problem)
     for c in cells(config):  # every cell resolves (ablation flips name real keys)
         cell_config(config, c.task, c.method, c.seed)

@@ -77,7 +77,8 @@ def _base_pairs(problems: list[Problem], error_rate: float, seed: int) -> list[t
     return pairs
 
 
-def _write_final(out_final: str, *, ckpt_dir: str, params, config: dict, rows: list[dict]) -> None:
+def _write_final(out_final: str, *, ckpt_dir: str, params, config: dict, rows: list[dict],
+                 extra: dict | None = None) -> None:
     from cts.train.checkpoint import params_digest, save_params
 
     final_dir = os.path.join(ckpt_dir, "final")
@@ -85,7 +86,7 @@ def _write_final(out_final: str, *, ckpt_dir: str, params, config: dict, rows: l
     atomic_write_json(out_final, {
         "params_dir": os.path.abspath(final_dir), "params_sha256": params_digest(params),
         "steps": len(rows), "final_metrics": rows[-1] if rows else {}, "config": config,
-        "versions": _versions(),
+        "versions": _versions(), **(extra or {}),
     })
 
 
@@ -103,22 +104,37 @@ def load_final_params(runtime, final_path: str):
 
 def train_base(task: str, train_path: str, model_cfg: dict, tokenizer: str, base_cfg: dict,
                ckpt_dir: str, out_final: str, log=print) -> None:
-    from cts.train.loop import LoopConfig, MethodSpec, TrainData, train
+    """The shared base policy: SFT from a random init, or from pretrained weights
+    (`base_cfg["pretrained"]`, cts.model.pretrained) for `steps` steps — 0 keeps them as they are.
+    Either way final.json has the same form, so the rest of the DAG does not know the difference."""
     from cts.train.runtime import PolicyRuntime
 
     problems = load_problems(train_path)
     runtime = PolicyRuntime(model_cfg, tokenizer, seed=base_cfg["seed"], batch_size=base_cfg["batch_size"])
+    init_params, extra = runtime.init_params, {}
+    if base_cfg.get("pretrained"):
+        from cts.model.pretrained import pretrained_params
+
+        init_params, provenance = pretrained_params(base_cfg["pretrained"], runtime, log=log)
+        extra = {"pretrained": provenance}
     pairs = _base_pairs(problems, base_cfg["error_rate"], base_cfg["seed"])
-    loop = LoopConfig(steps=base_cfg["steps"], prompts_per_step=base_cfg["batch_size"],
-                      learning_rate=base_cfg["learning_rate"], warmup_steps=base_cfg["warmup_steps"],
-                      checkpoint_every=max(1, base_cfg["steps"] // 4), seed=base_cfg["seed"])
-    params, rows = train(runtime=runtime, init_params=runtime.init_params, ref_params=None,
-                         spec=MethodSpec(loss="sft"), data=TrainData(sft_pairs=pairs), loop=loop,
-                         ckpt_dir=ckpt_dir, log=log)
-    log(f"base policy: {len(pairs)} training sequences ({len(pairs) - len(problems)} with an injected error)")
-    _write_final(out_final, ckpt_dir=ckpt_dir, params=params["policy"],
+    if base_cfg["steps"] > 0:
+        from cts.train.loop import LoopConfig, MethodSpec, TrainData, train
+
+        loop = LoopConfig(steps=base_cfg["steps"], prompts_per_step=base_cfg["batch_size"],
+                          learning_rate=base_cfg["learning_rate"], warmup_steps=base_cfg["warmup_steps"],
+                          checkpoint_every=max(1, base_cfg["steps"] // 4), seed=base_cfg["seed"])
+        params, rows = train(runtime=runtime, init_params=init_params, ref_params=None,
+                             spec=MethodSpec(loss="sft"), data=TrainData(sft_pairs=pairs), loop=loop,
+                             ckpt_dir=ckpt_dir, log=log)
+        params = params["policy"]
+        log(f"base policy: {len(pairs)} training sequences ({len(pairs) - len(problems)} with an injected error)")
+    else:  # check_consistency allows this only with pretrained weights
+        params, rows = init_params, []
+        log("base policy: steps = 0, the pretrained weights as they are")
+    _write_final(out_final, ckpt_dir=ckpt_dir, params=params,
                  config={"task": task, "model": model_cfg, "tokenizer": tokenizer, "base_policy": base_cfg},
-                 rows=rows)
+                 rows=rows, extra=extra)
 
 
 # ----------------------------------------------------------------------------- rollouts, teacher
@@ -266,13 +282,14 @@ def eval_cell(final_path: str, test_path: str, tagged_path: str, eval_cfg: dict,
 
     problems = load_problems(test_path)
     base = {r["problem_id"]: r for r in read_jsonl(tagged_path)}
-    runtime, params = _runtime_from_final(final_path, batch_size=64)
+    batch = eval_cfg.get("batch_size", 64)  # a big model on a few problems wants fewer filler rows
+    runtime, params = _runtime_from_final(final_path, batch_size=batch)
     prompts = [p.prompt for p in problems]
     greedy = runtime.generate(params, prompts, jax.random.key(seed), max_new_tokens=eval_cfg["max_new_tokens"],
-                              batch_size=64, greedy=True)
+                              batch_size=batch, greedy=True)
     n = eval_cfg["n_samples"]
     sampled = runtime.generate(params, [q for q in prompts for _ in range(n)], jax.random.key(10_000 + seed),
-                               max_new_tokens=eval_cfg["max_new_tokens"], batch_size=64,
+                               max_new_tokens=eval_cfg["max_new_tokens"], batch_size=batch,
                                temperature=eval_cfg["temperature"])
     v_greedy = verify_many(list(zip(problems, greedy)))
     v_sampled = verify_many(list(zip([p for p in problems for _ in range(n)], sampled)))
