@@ -340,7 +340,8 @@ def stats_table(eval_files: list[str], metrics_files: list[str], plan_cfg: dict,
                 metrics_files=sorted(metrics_files),
                 power_plan=_power_plan(plan_cfg, manifest_paths, eval_split),
                 seed=stats_cfg["seed"], n_boot=stats_cfg["n_boot"], alpha=stats_cfg["alpha"],
-                out_md=out_md, out_json=out_json, fig_dir=fig_dir)
+                out_md=out_md, out_json=out_json, fig_dir=fig_dir,
+                primary=stats_cfg.get("primary_metric", "greedy"))
     log(f"table from {len(eval_files)} eval files → {out_md}")
 
 

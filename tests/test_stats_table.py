@@ -156,3 +156,37 @@ def test_plots_return_written_paths_and_svg_is_deterministic(tmp_path):
     with pytest.raises(ValueError, match="no run has metric"):
         plots.plot_learning_curves({"r": {"step": np.arange(3), "loss": np.ones(3)}}, key="kl",
                                    out_stem=tmp_path / "c")
+
+
+def test_primary_sampled_metric_and_the_other_table(tmp_path):
+    """primary="sampled" compares n_correct / n_samples; greedy gets its own Holm family."""
+    ev = make_eval_files(tmp_path, n_problems=20, seeds=(0, 1))
+    doc = build_table(ev, base="B3", ablation_base="B5", seed=0, n_boot=50, primary="sampled",
+                      out_md=str(tmp_path / "t.md"), out_json=str(tmp_path / "t.json"), fig_dir=None)
+    assert doc["primary_metric"] == "sampled" and "sampled pass@1" in doc["question"]
+    rows = [json.loads(line) for p in ev for line in open(p)]
+
+    def sampled(task, method):
+        sel = [r for r in rows if r["task"] == task and r["method"] == method]
+        grid = {(r["seed"], r["problem_id"]): r["n_correct"] / r["n_samples"] for r in sel}
+        seeds, probs = sorted({k[0] for k in grid}), sorted({k[1] for k in grid})
+        return np.array([[grid[(s, p)] for p in probs] for s in seeds])
+
+    for c in doc["comparisons"]:
+        x, y = sampled(c["task"], c["method"]), sampled(c["task"], c["reference"])
+        assert c["delta"]["estimate"] == pytest.approx((x - y).mean())
+        assert c["test"]["p"] == pytest.approx(sps.wilcoxon((x - y).mean(0), zero_method="wilcox").pvalue)
+    other = doc["other_metric"]
+    assert other["metric"] == "greedy"
+    assert [(c["task"], c["method"]) for c in other["comparisons"]] == \
+        [(c["task"], c["method"]) for c in doc["comparisons"]]
+    for c in other["comparisons"]:  # the greedy family is the default table's comparisons
+        x, y = read_rows(ev, c["task"], c["method"]), read_rows(ev, c["task"], c["reference"])
+        assert c["delta"]["estimate"] == pytest.approx((x - y).mean())
+    np.testing.assert_allclose([c["p_holm"] for c in other["comparisons"]],
+                               multipletests([c["test"]["p"] for c in other["comparisons"]], method="holm")[1])
+    md = (tmp_path / "t.md").read_text()
+    assert "## The same comparisons on greedy pass@1" in md
+    with pytest.raises(ValueError, match="primary must be one of"):
+        build_table(ev, base="B3", ablation_base="B5", seed=0, n_boot=50, primary="pass@5",
+                    out_md=str(tmp_path / "u.md"), out_json=str(tmp_path / "u.json"), fig_dir=None)

@@ -127,6 +127,8 @@ class TaskMatrices:
       problem_ids: [P] the problems (sorted).
       horizons: [P] int array, H of each problem.
       correct: {method: float array [S, P]} greedy pass@1 as 0/1.
+      sampled: {method: float array [S, P]} sampled pass@1, n_correct / n_samples (None for a
+        method with a row that drew no samples).
       rows: {method: {(seed, problem_id): row}} the raw rows on the kept seeds.
       warnings: what was dropped to align the methods.
     """
@@ -136,6 +138,7 @@ class TaskMatrices:
     problem_ids: list[str]
     horizons: np.ndarray
     correct: dict[str, np.ndarray]
+    sampled: dict[str, np.ndarray | None]
     rows: dict[str, dict[tuple[int, str], dict]]
     warnings: list[str] = field(default_factory=list)
 
@@ -188,6 +191,11 @@ def task_matrices(rows: Sequence[dict], task: str) -> TaskMatrices:
         horizons[j] = hs.pop()
     correct = {m: np.array([[float(cells[(s, p)]["correct"]) for p in problems] for s in seeds])
                for m, cells in by_method.items()}
+    sampled = {}
+    for m, cells in by_method.items():
+        grid = [[cells[(s, p)] for p in problems] for s in seeds]
+        sampled[m] = (None if any(r["n_samples"] == 0 for row in grid for r in row) else
+                      np.array([[r["n_correct"] / r["n_samples"] for r in row] for row in grid]))
     kept = {m: {k: v for k, v in cells.items() if k[0] in common} for m, cells in by_method.items()}
     return TaskMatrices(task=task, seeds=seeds, problem_ids=problems, horizons=horizons,
-                        correct=correct, rows=kept, warnings=warnings)
+                        correct=correct, sampled=sampled, rows=kept, warnings=warnings)

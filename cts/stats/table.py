@@ -24,10 +24,21 @@ from cts.stats.data import is_ablation, read_eval_files, read_metrics_file, task
 from cts.stats.inference import ZERO_METHOD, compare_methods
 from cts.stats.power import estimate_sd_components, minimum_detectable_effect, plan_comparisons
 
-__all__ = ["build_table", "NARROW_QUESTION"]
+__all__ = ["build_table", "METRICS", "NARROW_QUESTION", "narrow_question"]
 
-NARROW_QUESTION = ("Does a method's greedy pass@1 on the held-out test problems differ from the "
-                   "base method's, when both are trained with the same seeds and scored on the same problems?")
+METRICS = {  # name -> (label, what one problem's value is)
+    "greedy": ("greedy pass@1", "1 when the greedy (argmax) completion is correct, else 0"),
+    "sampled": ("sampled pass@1", "the fraction of the eval's n_samples completions, drawn at the eval "
+                "temperature, that are correct (the expected reward GRPO maximises)"),
+}
+
+
+def narrow_question(metric: str = "greedy") -> str:
+    return (f"Does a method's {METRICS[metric][0]} on the held-out test problems differ from the "
+            "base method's, when both are trained with the same seeds and scored on the same problems?")
+
+
+NARROW_QUESTION = narrow_question("greedy")
 PASS_K_SHOWN = (1, 5, 10)  # k values reported when every row of a cell has n_samples >= k
 CURVE_KEYS = ("loss", "reward/mean")  # learning-curve figures drawn when these keys are logged
 
@@ -74,10 +85,64 @@ def _secondary(cells: Mapping[tuple[int, str], dict], correct: np.ndarray, horiz
     }
 
 
+def _metric_matrices(per_task, metric: str, warnings: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    """{task: {method: [S, P] matrix}} of one metric; a method without samples has no sampled row."""
+    out = {}
+    for task, tm in per_task.items():
+        source = tm.correct if metric == "greedy" else tm.sampled
+        out[task] = {m: x for m, x in source.items() if x is not None}
+        for m in sorted(set(source) - set(out[task])):
+            warnings.append(f"task {task}: {m} has rows with n_samples = 0: no {METRICS[metric][0]}")
+    return out
+
+
+def _compare(mats, comparisons, *, n_boot: int, seed: int, alpha: float, m_planned: int,
+             warnings: list[str]):
+    """Bootstrap + Wilcoxon + Holm over `comparisons` on one metric, with each one's MDE."""
+    results, means = compare_methods(mats, comparisons, n_boot=n_boot, seed=seed, alpha=alpha)
+    comp_json = []
+    for c in results:
+        warnings += c.warnings
+        x, y = mats[c.task][c.method], mats[c.task][c.reference]
+        s, p = x.shape
+        if p >= 2:
+            sd_b, sd_w, _ = estimate_sd_components(x, y)
+            mde = minimum_detectable_effect(s, p, sd_between=sd_b, sd_within=sd_w, alpha=alpha,
+                                            n_comparisons=m_planned)
+        else:
+            sd_b = sd_w = mde = None
+        d = c.to_dict()
+        d.update(sd_between=sd_b, sd_within=sd_w, mde=mde)
+        comp_json.append(d)
+    return results, means, comp_json
+
+
+def _comparison_rows(tasks, per_task, mats, means, comp_json) -> list[str]:
+    """Markdown rows of one metric's table: every method of every task, with its comparison."""
+    by_key = {(d["task"], d["method"]): d for d in comp_json}
+    out = []
+    for task in tasks:
+        tm = per_task[task]
+        for m in sorted(mats[task]):
+            acc = means[task][m]
+            acc_s = _fmt_ci(acc.estimate, acc.low, acc.high)
+            c = by_key.get((task, m))
+            if c is None:
+                out.append(f"| {task} | {m} | — | {acc_s} | — | — | — | | {len(tm.seeds)} | "
+                           f"{len(tm.problem_ids)} | — |")
+                continue
+            dl = c["delta"]
+            out.append(f"| {task} | {m} | {c['reference']} | {acc_s} | "
+                       f"{_fmt_ci(dl['estimate'], dl['low'], dl['high'], signed=True)} | "
+                       f"{_fmt_p(c['test']['p'])} | {_fmt_p(c['p_holm'])} | {'*' if c['significant'] else ''} | "
+                       f"{len(tm.seeds)} | {len(tm.problem_ids)} | {_fmt(c['mde'])} |")
+    return out
+
+
 def build_table(eval_files: list[str], *, base: str, ablation_base: str | None,
                 metrics_files: Sequence[str] = (), power_plan: dict | None = None, seed: int = 0,
                 n_boot: int = 10000, out_md: str, out_json: str, fig_dir: str | None = None,
-                alpha: float = 0.05) -> dict:
+                alpha: float = 0.05, primary: str = "greedy") -> dict:
     """Build the results table (Markdown + JSON) and, when `fig_dir` is set, the figures.
 
     Args:
@@ -94,52 +159,49 @@ def build_table(eval_files: list[str], *, base: str, ablation_base: str | None,
       out_md, out_json: outputs (written atomically).
       fig_dir: folder for PNG+SVG figures, or None.
       alpha: family-wise level (Holm).
+      primary: the headline metric, "greedy" or "sampled" (see METRICS). The other metric gets
+        the same comparisons in a second table, Holm-corrected as its own family.
 
     Returns the JSON document.
     """
+    if primary not in METRICS:
+        raise ValueError(f"build_table: primary must be one of {sorted(METRICS)}, got {primary!r}")
+    other = "sampled" if primary == "greedy" else "greedy"
     eval_files = [os.fspath(p) for p in eval_files]
     rows = read_eval_files(eval_files)
     tasks = sorted({r["task"] for r in rows})
     warnings: list[str] = []
-    mats, per_task = {}, {}
+    per_task = {}
+    for task in tasks:
+        per_task[task] = task_matrices(rows, task)
+        warnings += per_task[task].warnings
+    metric_mats = {metric: _metric_matrices(per_task, metric, warnings) for metric in METRICS}
+    mats = metric_mats[primary]
     comparisons: list[tuple[str, str, str]] = []
     for task in tasks:
-        tm = task_matrices(rows, task)
-        per_task[task] = tm
-        mats[task] = tm.correct
-        warnings += tm.warnings
-        for m in tm.methods:
+        tm = per_task[task]
+        for m in sorted(mats[task]):
             if m == base:
                 continue
             ref = ablation_base if is_ablation(m) else base
             if ref is None:
                 warnings.append(f"task {task}: ablation {m} not compared (no ablation_base given)")
-            elif ref not in tm.correct:
+            elif ref not in mats[task]:
                 warnings.append(f"task {task}: {m} not compared: reference {ref} has no eval files")
             else:
                 comparisons.append((task, m, ref))
     if not comparisons:
         warnings.append("no comparisons: only the base (or no reference) was evaluated")
-    results, means = compare_methods(mats, comparisons, n_boot=n_boot, seed=seed, alpha=alpha)
     m_planned = len(plan_comparisons(power_plan)) if power_plan is not None else max(len(comparisons), 1)
+    results, means, comp_json = _compare(mats, comparisons, n_boot=n_boot, seed=seed, alpha=alpha,
+                                         m_planned=m_planned, warnings=warnings)
+    other_comparisons = [c for c in comparisons if c[1] in metric_mats[other][c[0]]
+                         and c[2] in metric_mats[other][c[0]]]
+    _, other_means, other_json = _compare(metric_mats[other], other_comparisons, n_boot=n_boot,
+                                          seed=seed, alpha=alpha, m_planned=m_planned, warnings=warnings)
 
-    comp_json = []
-    for c in results:
-        warnings += c.warnings
-        x, y = mats[c.task][c.method], mats[c.task][c.reference]
-        s, p = x.shape
-        if p >= 2:
-            sd_b, sd_w, _ = estimate_sd_components(x, y)
-            mde = minimum_detectable_effect(s, p, sd_between=sd_b, sd_within=sd_w, alpha=alpha,
-                                            n_comparisons=m_planned)
-        else:
-            sd_b = sd_w = mde = None
-        d = c.to_dict()
-        d.update(sd_between=sd_b, sd_within=sd_w, mde=mde)
-        comp_json.append(d)
-    by_key = {(d["task"], d["method"]): d for d in comp_json}
-
-    secondary = {task: {m: _secondary(per_task[task].rows[m], mats[task][m], per_task[task].horizons)
+    secondary = {task: {m: _secondary(per_task[task].rows[m], mats[task].get(m, per_task[task].correct[m]),
+                                      per_task[task].horizons)
                         for m in per_task[task].methods} for task in tasks}
 
     # ---- figures (first: they may add warnings)
@@ -150,14 +212,18 @@ def build_table(eval_files: list[str], *, base: str, ablation_base: str | None,
     # ---- Markdown
     digest = hashlib.sha256("".join(sorted(sha256_file(f) for f in eval_files)).encode()).hexdigest()[:16]
     n_sig = sum(c.significant for c in results)
+    header = ["| Task | Method | vs | Accuracy [95% CI] | Δ vs ref [95% CI] | Wilcoxon p | Holm p | Sig | Seeds | Problems | MDE |",
+              "|---|---|---|---|---|---:|---:|:-:|---:|---:|---:|"]
     md = [
         "# Results",
         "",
-        f"**Question.** {NARROW_QUESTION}",
+        f"**Question.** {narrow_question(primary)}",
         "",
-        f"**Measured.** Greedy pass@1 on each task's test problems, per (method, task, seed) eval "
-        f"file. Non-ablation methods are compared with the base **{base}**; ablations (`<method>-A<k>`) "
-        f"with **{ablation_base if ablation_base is not None else '—'}**.",
+        f"**Measured.** {METRICS[primary][0].capitalize()} ({METRICS[primary][1]}) on each task's test "
+        f"problems, per (method, task, seed) eval file; the same comparisons on "
+        f"{METRICS[other][0]} follow in their own table. Non-ablation methods are compared with the "
+        f"base **{base}**; ablations (`<method>-A<k>`) with "
+        f"**{ablation_base if ablation_base is not None else '—'}**.",
         f"Accuracy and Δ intervals: crossed bootstrap (seeds resampled, then problem ids, both with "
         f"replacement; the same draws for every method of a task, so Δ is paired by seed and "
         f"problem), 95% percentile, n_boot = {n_boot}, seed = {seed}.",
@@ -170,24 +236,18 @@ def build_table(eval_files: list[str], *, base: str, ablation_base: str | None,
         "own between-problem and seed variance (see cts/stats/power.py).",
         f"Inputs: {len(eval_files)} eval files, {len(rows)} rows, content digest `{digest}`.",
         "",
-        "| Task | Method | vs | Accuracy [95% CI] | Δ vs ref [95% CI] | Wilcoxon p | Holm p | Sig | Seeds | Problems | MDE |",
-        "|---|---|---|---|---|---:|---:|:-:|---:|---:|---:|",
+        *header,
+        *_comparison_rows(tasks, per_task, mats, means, comp_json),
+        "",
+        f"## The same comparisons on {METRICS[other][0]}",
+        "",
+        f"{METRICS[other][0].capitalize()}: {METRICS[other][1]}. Same bootstrap draws and test; Holm "
+        f"over these {len(other_json)} comparisons as a family of their own "
+        f"(`*` for {sum(d['significant'] for d in other_json)} of them).",
+        "",
+        *header,
+        *_comparison_rows(tasks, per_task, metric_mats[other], other_means, other_json),
     ]
-    for task in tasks:
-        tm = per_task[task]
-        for m in tm.methods:
-            acc = means[task][m]
-            acc_s = _fmt_ci(acc.estimate, acc.low, acc.high)
-            c = by_key.get((task, m))
-            if c is None:
-                md.append(f"| {task} | {m} | — | {acc_s} | — | — | — | | {len(tm.seeds)} | "
-                          f"{len(tm.problem_ids)} | — |")
-                continue
-            dl = c["delta"]
-            md.append(f"| {task} | {m} | {c['reference']} | {acc_s} | "
-                      f"{_fmt_ci(dl['estimate'], dl['low'], dl['high'], signed=True)} | "
-                      f"{_fmt_p(c['test']['p'])} | {_fmt_p(c['p_holm'])} | {'*' if c['significant'] else ''} | "
-                      f"{len(tm.seeds)} | {len(tm.problem_ids)} | {_fmt(c['mde'])} |")
     md += ["", "## Effect sizes", "",
            "| Task | Method | vs | mean Δ | rank-biserial | Cohen's d_z | nonzero pairs | min attainable p |",
            "|---|---|---|---:|---:|---:|---:|---:|"]
@@ -227,7 +287,8 @@ def build_table(eval_files: list[str], *, base: str, ablation_base: str | None,
     atomic_write_text(out_md, "\n".join(md) + "\n")
 
     doc = {
-        "question": NARROW_QUESTION,
+        "question": narrow_question(primary),
+        "primary_metric": primary,
         "settings": {"base": base, "ablation_base": ablation_base, "seed": seed, "n_boot": n_boot,
                      "alpha": alpha, "zero_method": ZERO_METHOD, "bootstrap": "crossed seeds x problems, shared draws, percentile",
                      "mde_n_comparisons": m_planned},
@@ -235,9 +296,12 @@ def build_table(eval_files: list[str], *, base: str, ablation_base: str | None,
         "metrics_inputs": [{"file": os.path.basename(os.fspath(f)), "sha256": sha256_file(f)}
                            for f in metrics_files],
         "tasks": {task: {"seeds": per_task[task].seeds, "n_problems": len(per_task[task].problem_ids),
-                         "methods": {m: {"accuracy": vars(means[task][m]), **secondary[task][m]}
+                         "methods": {m: {"accuracy": vars(means[task][m]) if m in means[task] else None, **secondary[task][m]}
                                      for m in per_task[task].methods}} for task in tasks},
         "comparisons": comp_json,
+        "other_metric": {"metric": other, "comparisons": other_json,
+                         "means": {task: {m: vars(iv) for m, iv in sorted(other_means[task].items())}
+                                   for task in sorted(other_means)}},
         "figures": [os.path.relpath(f, os.path.dirname(os.path.abspath(out_json))) for f in figures],
         "warnings": warnings,
     }
