@@ -47,6 +47,7 @@ __all__ = [
 # blocks need many more keys than ModelConfig carries.
 DECODER_BLOCKS = ("default", "llama2", "mistral", "gemma", "qwen3", "simple")
 _DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "minimal", "full")  # MaxText names; see ModelConfig.remat_policy
 _MODES = ("train", "prefill", "autoregressive")
 
 
@@ -66,6 +67,11 @@ class ModelConfig:
     decoder_block→ decoder_block, one of DECODER_BLOCKS
     rope_max_timescale → rope_max_timescale (RoPE θ: frequency i is θ^(-2i/head_dim))
     norm_epsilon → normalization_layer_epsilon (RMSNorm ε)
+    remat_policy → remat_policy: what the backward pass recomputes. "none" (the default) keeps
+                   every activation: MaxText's own default "full" re-runs each layer's forward in
+                   the backward pass, ~1/3 more FLOPs for memory a laptop-sized model does not
+                   need (bench/bench_train_step.py measures both). Large models on TPU set "full"
+                   or "minimal" (config/paper.yaml).
     tied_embeddings → logits_via_embedding (the output head is the embedding table), with
                    normalize_embedding_logits = False: llama-family models do not divide tied
                    logits by sqrt(D). MaxText 0.2.5 multiplies by a bfloat16 copy of the table.
@@ -88,6 +94,7 @@ class ModelConfig:
     rope_max_timescale: int = 10_000
     norm_epsilon: float = 1e-5
     tied_embeddings: bool = False
+    remat_policy: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "emb_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim", "num_layers", "max_len"):
@@ -112,6 +119,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.norm_epsilon must be a positive number, got {self.norm_epsilon!r}")
         if not isinstance(self.tied_embeddings, bool):
             raise ValueError(f"ModelConfig.tied_embeddings must be a bool, got {self.tied_embeddings!r}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"ModelConfig.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
 
     @property
     def num_params_estimate(self) -> int:
@@ -261,6 +270,7 @@ def maxtext_config(
         weight_dtype="float32",
         attention="dot_product",
         scan_layers=False,  # per-layer params: simpler trees, and L is small
+        remat_policy=cfg.remat_policy,
         enable_dropout=False,
         log_config=False,
         **head_keys,
