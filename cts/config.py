@@ -127,6 +127,9 @@ def check_consistency(config: dict) -> None:
          f"base_method {config['base_method']!r} is not in methods {config['methods']}")
     for t in config["tasks"]:
         need(t in config["data"], f"task {t!r} has no block under data")
+        block = config["data"][t]
+        need("split" not in block or block.get("loader", t) not in ("synth_math", "synth_code"),
+             f"data.{t}.split: a synthetic task has no source splits (generated problems only)")
     for m in config["methods"]:
         need(m in config["methods_config"], f"method {m!r} has no block under methods_config")
     if config.get("ablations"):

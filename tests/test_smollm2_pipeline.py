@@ -77,6 +77,14 @@ def test_mismatched_pretrained_configs_name_the_key(mutate, match):
         check_consistency(config)
 
 
+def test_source_split_only_for_real_tasks():
+    config = _merged_config()
+    config["data"]["synth_math"]["split"] = "test"
+    config["tasks"] = ["gsm8k", "synth_math"]
+    with pytest.raises(ConfigError, match=r"data\.synth_math\.split"):
+        check_consistency(config)
+
+
 def test_schema_rejects_unknown_checkpoint():
     from snakemake.utils import validate
 
