@@ -68,10 +68,10 @@ class ModelConfig:
     rope_max_timescale → rope_max_timescale (RoPE θ: frequency i is θ^(-2i/head_dim))
     norm_epsilon → normalization_layer_epsilon (RMSNorm ε)
     remat_policy → remat_policy: what the backward pass recomputes. "none" (the default) keeps
-                   every activation: MaxText's own default "full" re-runs each layer's forward in
-                   the backward pass, ~1/3 more FLOPs for memory a laptop-sized model does not
-                   need (bench/bench_train_step.py measures both). Large models on TPU set "full"
-                   or "minimal" (config/paper.yaml).
+                   every activation; MaxText's own default "full" re-runs each layer's forward in
+                   the backward pass, trading FLOPs for activation memory. On CPU the two measured
+                   the same SFT step time (bench/bench_train_step.py --remat: 1541 vs 1586 ms); the
+                   paper config sets "full", where memory binds.
     tied_embeddings → logits_via_embedding (the output head is the embedding table), with
                    normalize_embedding_logits = False: llama-family models do not divide tied
                    logits by sqrt(D). MaxText 0.2.5 multiplies by a bfloat16 copy of the table.
