@@ -67,11 +67,6 @@ class ModelConfig:
     decoder_block→ decoder_block, one of DECODER_BLOCKS
     rope_max_timescale → rope_max_timescale (RoPE θ: frequency i is θ^(-2i/head_dim))
     norm_epsilon → normalization_layer_epsilon (RMSNorm ε)
-    remat_policy → remat_policy: what the backward pass recomputes. "none" (the default) keeps
-                   every activation; MaxText's own default "full" re-runs each layer's forward in
-                   the backward pass, trading FLOPs for activation memory. On CPU the two measured
-                   the same SFT step time (bench/bench_train_step.py --remat: 1541 vs 1586 ms); the
-                   paper config sets "full", where memory binds.
     tied_embeddings → logits_via_embedding (the output head is the embedding table), with
                    normalize_embedding_logits = False: llama-family models do not divide tied
                    logits by sqrt(D). MaxText 0.2.5 multiplies by a bfloat16 copy of the table.
@@ -79,6 +74,12 @@ class ModelConfig:
     The last three default to MaxText's base.yml values (10000, 1e-5, untied), so a config
     that does not set them builds exactly the model it built before they existed; pretrained
     llama-family weights (cts.model.pretrained) need them set to the checkpoint's values.
+
+    remat_policy → remat_policy: what the backward pass recomputes. "none" (the default) keeps
+                   every activation; MaxText's own default "full" re-runs each layer's forward in
+                   the backward pass, trading FLOPs for activation memory. On CPU the two measured
+                   the same SFT step time (bench/bench_train_step.py --remat: full 1541 ms, none 1586 ms); the
+                   paper config sets "full", where memory binds.
     """
 
     vocab_size: int = 128

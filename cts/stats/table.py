@@ -179,7 +179,6 @@ def build_table(eval_files: list[str], *, base: str, ablation_base: str | None,
     mats = metric_mats[primary]
     comparisons: list[tuple[str, str, str]] = []
     for task in tasks:
-        tm = per_task[task]
         for m in sorted(mats[task]):
             if m == base:
                 continue
