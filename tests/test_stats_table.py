@@ -9,12 +9,13 @@ from statsmodels.stats.multitest import multipletests
 
 from cts.io import DataError, atomic_write_jsonl
 from cts.stats import plots
-from cts.stats.table import build_table
+from cts.stats.inference import horizon_contrasts, run_level_test
+from cts.stats.table import SECTIONS, build_table
 
 TAXA = ("arithmetic", "misread", "skipped_step")
 PLAN = {"tasks": ["gsm8k", "synth_math"], "methods": ["B3", "B4", "B5"], "base": "B3",
-        "ablation_base": "B5", "ablations": ["B5-A1"], "seeds": [0, 1, 2],
-        "n_test_problems": {"gsm8k": 30, "synth_math": 30}}
+        "ablation_base": "B5", "ablations": ["B5-A1"], "seeds": [0, 1, 2, 3, 4],
+        "n_test_problems": {"gsm8k": 60, "synth_math": 60}}
 
 
 def make_eval_files(root, *, methods=None, tasks=("synth_math", "gsm8k"), seeds=(0, 1, 2),
@@ -73,7 +74,7 @@ def read_rows(paths, task, method):
 
 
 def test_table_rows_numbers_and_determinism(tmp_path):
-    ev = make_eval_files(tmp_path)
+    ev = make_eval_files(tmp_path, seeds=(0, 1, 2, 3, 4), n_problems=60)
     mf = make_metrics_files(tmp_path)
     kw = dict(base="B3", ablation_base="B5", metrics_files=mf, power_plan=PLAN, seed=1, n_boot=300)
     doc = build_table(ev, **kw, out_md=str(tmp_path / "t1.md"), out_json=str(tmp_path / "t1.json"),
@@ -88,25 +89,74 @@ def test_table_rows_numbers_and_determinism(tmp_path):
         assert f"| {task} | B3 | — |" in md
         for m, ref in (("B4", "B3"), ("B5", "B3"), ("B5-A1", "B5")):
             assert f"| {task} | {m} | {ref} |" in md
+    assert "p (run-level t)" in md and "unit is the training run" in md
+    assert "conditional on these trained seeds" in md
     assert "zero_method = 'wilcox'" in md and "n_boot = 300, seed = 1" in md
     assert "base **B3**" in md and "with **B5**" in md
+    assert "## Δ by horizon H (greedy pass@1)" in md
 
     comps = doc["comparisons"]
     assert [(c["task"], c["method"], c["reference"]) for c in comps] == [
         ("gsm8k", "B4", "B3"), ("gsm8k", "B5", "B3"), ("gsm8k", "B5-A1", "B5"),
         ("synth_math", "B4", "B3"), ("synth_math", "B5", "B3"), ("synth_math", "B5-A1", "B5")]
     # the numbers equal independent computations on the raw files
+    h = {t: np.array([json.loads(line)["horizon"] for line in open(ev[0 if t == "synth_math" else -1])])
+         for t in ("synth_math",)}
     for c in comps:
         x, y = read_rows(ev, c["task"], c["method"]), read_rows(ev, c["task"], c["reference"])
+        want = run_level_test(x, y)
         assert c["delta"]["estimate"] == pytest.approx((x - y).mean())
+        assert c["delta"]["low"] == pytest.approx(want["low"]) and c["test"]["p"] == pytest.approx(want["p"])
         assert c["mean"]["estimate"] == pytest.approx(x.mean())
-        assert c["test"]["p"] == pytest.approx(sps.wilcoxon((x - y).mean(0), zero_method="wilcox").pvalue)
+        assert c["secondary"]["mean_delta"] == pytest.approx((x - y).mean())
+        assert c["test"]["n_seeds"] == 5 and c["test"]["n_problems"] == 60
+        if c["task"] == "synth_math":
+            hz = horizon_contrasts(x, y, h["synth_math"])
+            assert c["horizon"]["slope"] == pytest.approx(hz["slope"])
+            assert c["horizon"]["delta"] == pytest.approx(hz["delta"])
     np.testing.assert_allclose([c["p_holm"] for c in comps],
                                multipletests([c["test"]["p"] for c in comps], method="holm")[1])
-    # the strong effect (B5: +1.5 logits) is detected on both tasks
+    np.testing.assert_allclose([c["secondary"]["p_holm"] for c in comps],
+                               multipletests([c["secondary"]["p"] for c in comps], method="holm")[1])
+    # the strong effect (B5: +1.5 logits) is detected on both tasks by the run-level test
     assert all(c["significant"] for c in comps if c["method"] == "B5")
     assert doc["settings"]["mde_n_comparisons"] == 6
     assert all(0 < c["mde"] < 1 for c in comps)
+
+
+def test_table_sections_are_extensible_and_warnings_unique(tmp_path):
+    ev = make_eval_files(tmp_path, methods={"B3": 0.0, "B5": 0.0}, tasks=("gsm8k",), n_problems=6,
+                         seeds=(0, 1, 2))
+
+    def extra(ctx):
+        ctx.warnings.append("extra section warning")
+        ctx.extra_json["extra"] = {"n_tasks": len(ctx.tasks)}
+        return ["", "## Extra section", "", f"{len(ctx.comparisons[ctx.primary])} comparisons"]
+
+    n_sections = len(SECTIONS)
+    doc = build_table(ev, base="B3", ablation_base=None, seed=0, n_boot=50, extra_sections=[extra],
+                      out_md=str(tmp_path / "t.md"), out_json=str(tmp_path / "t.json"), fig_dir=None)
+    assert len(SECTIONS) == n_sections
+    md = (tmp_path / "t.md").read_text()
+    assert md.index("## Extra section") < md.index("## Warnings") and "1 comparisons" in md
+    assert doc["extra"] == {"extra": {"n_tasks": 1}}
+    warn = md[md.index("## Warnings"):].splitlines()[2:]
+    assert len(warn) == len(set(warn)) and "- extra section warning" in warn
+    assert any("only 6 problems" in w for w in warn)  # raised for both metrics, listed once
+
+
+def test_all_zero_outcomes_say_no_variance(tmp_path):
+    ev = make_eval_files(tmp_path, methods={"B3": -50.0, "B5": -50.0}, tasks=("gsm8k",), n_problems=12,
+                         seeds=(0, 1, 2))
+    for p in ev:  # every outcome 0, greedy and sampled
+        rows = [json.loads(line) for line in open(p)]
+        atomic_write_jsonl(p, [{**r, "correct": False, "n_correct": 0} for r in rows])
+    doc = build_table(ev, base="B3", ablation_base=None, seed=0, n_boot=50,
+                      out_md=str(tmp_path / "t.md"), out_json=str(tmp_path / "t.json"), fig_dir=None)
+    md = (tmp_path / "t.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| gsm8k | B5 | B3 |"))
+    assert "no variance" in row and "0.000 |" not in row.rsplit("|", 2)[-2]
+    assert doc["comparisons"][0]["mde"] is None and doc["comparisons"][0]["test"]["p"] is None
 
 
 @pytest.mark.slow  # ≈ 8 s: 14 matplotlib files
@@ -175,7 +225,14 @@ def test_primary_sampled_metric_and_the_other_table(tmp_path):
     for c in doc["comparisons"]:
         x, y = sampled(c["task"], c["method"]), sampled(c["task"], c["reference"])
         assert c["delta"]["estimate"] == pytest.approx((x - y).mean())
-        assert c["test"]["p"] == pytest.approx(sps.wilcoxon((x - y).mean(0), zero_method="wilcox").pvalue)
+        assert c["delta"]["high"] == pytest.approx(run_level_test(x, y)["high"])
+        # 2 seeds: no p-value and no Holm; the conditional Wilcoxon still reported (exact)
+        assert c["test"]["p"] is None and c["p_holm"] is None and not c["significant"]
+        d = (x - y).mean(0)
+        nz = d[d != 0]
+        if 0 < len(nz) <= 25:  # no ties, few: scipy's exact test is the reference
+            if len(np.unique(np.abs(nz))) == len(nz):
+                assert c["secondary"]["p"] == pytest.approx(sps.wilcoxon(nz, method="exact").pvalue)
     other = doc["other_metric"]
     assert other["metric"] == "greedy"
     assert [(c["task"], c["method"]) for c in other["comparisons"]] == \
@@ -183,10 +240,10 @@ def test_primary_sampled_metric_and_the_other_table(tmp_path):
     for c in other["comparisons"]:  # the greedy family is the default table's comparisons
         x, y = read_rows(ev, c["task"], c["method"]), read_rows(ev, c["task"], c["reference"])
         assert c["delta"]["estimate"] == pytest.approx((x - y).mean())
-    np.testing.assert_allclose([c["p_holm"] for c in other["comparisons"]],
-                               multipletests([c["test"]["p"] for c in other["comparisons"]], method="holm")[1])
     md = (tmp_path / "t.md").read_text()
     assert "## The same comparisons on greedy pass@1" in md
+    assert "no test: 2 seeds" in md and "2 seeds: no p-value" in md
+    assert "## Δ by horizon H (sampled pass@1)" in md
     with pytest.raises(ValueError, match="primary must be one of"):
         build_table(ev, base="B3", ablation_base="B5", seed=0, n_boot=50, primary="pass@5",
                     out_md=str(tmp_path / "u.md"), out_json=str(tmp_path / "u.json"), fig_dir=None)

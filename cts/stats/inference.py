@@ -81,8 +81,8 @@ __all__ = [
 ]
 
 ZERO_METHOD = "wilcox"
-PRIMARY_TEST = ("run-level paired t (unit: training seed; two-way seeds × problems variance, "
-                "t with seeds − 1 df)")
+PRIMARY_TEST = ("run-level paired t (unit: training seed; two-way seeds × problems variance; "
+                "Satterthwaite df)")
 SECONDARY_TEST = "Wilcoxon signed-rank over problems, conditional on these trained seeds"
 MIN_SEEDS_FOR_TEST = 3  # see the module docstring: why 2 seeds get no p-value
 EXACT_MAX_N = 500  # exact signed-rank null up to this many nonzero differences (DP: O(n³) adds)

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import stats as sps  # noqa: E402
 
 __all__ = ["plot_learning_curves", "plot_horizon_curves", "plot_delta_forest", "plot_taxonomy"]
 
@@ -41,78 +42,130 @@ def _colors(names: Sequence[str]) -> dict[str, tuple]:
     return {n: cmap(i % 10) for i, n in enumerate(sorted(set(names)))}
 
 
+def _t_band(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of `values` [runs, steps] (NaN = not logged): mean, low, high of the t-interval
+    over the runs that logged it (NaN bounds where fewer than 2), and that count."""
+    n = np.sum(~np.isnan(values), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nanmean(np.where(n > 0, values, 0.0), axis=0) if values.size else values
+        sd = np.sqrt(np.nansum((values - mean) ** 2, axis=0) / np.maximum(n - 1, 1))
+        half = np.where(n >= 2, sps.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(np.maximum(n, 1)), np.nan)
+    mean = np.where(n > 0, mean, np.nan)
+    return mean, mean - half, mean + half, n
+
+
 def plot_learning_curves(curves: Mapping[str, Mapping[str, np.ndarray]], *, key: str,
                          out_stem: str | os.PathLike, group_of: Mapping[str, str] | None = None,
                          title: str = "") -> list[str]:
-    """One line per run of metric `key` against `step`.
+    """Metric `key` against `step`: per group (a method) the mean over its runs (seeds) with a
+    95% t-interval band over seeds at each logged step (no band where fewer than 2 runs).
 
     Args:
       curves: {run label: {"step": [N], key: [N], ...}} (from `cts.stats.data.read_metrics_file`).
       key: the metric to plot (e.g. "loss", "reward/mean"); runs without it are skipped.
-      group_of: {run label: group} — runs of one group (a method) share a colour.
+      group_of: {run label: group}; a run without a group is its own group.
     """
     group_of = dict(group_of or {})
     runs = [r for r in sorted(curves) if key in curves[r]]
     if not runs:
         raise ValueError(f"plot_learning_curves: no run has metric {key!r}")
-    colors = _colors([group_of.get(r, r) for r in runs])
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    labelled = set()
+    groups: dict[str, list[str]] = {}
     for r in runs:
-        g = group_of.get(r, r)
-        y = np.asarray(curves[r][key], dtype=float)
-        ok = ~np.isnan(y)
-        ax.plot(np.asarray(curves[r]["step"])[ok], y[ok], color=colors[g], lw=1.2, alpha=0.8,
-                label=None if g in labelled else g)
-        labelled.add(g)
+        groups.setdefault(group_of.get(r, r), []).append(r)
+    colors = _colors(list(groups))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for g, members in sorted(groups.items()):
+        steps = np.unique(np.concatenate([np.asarray(curves[r]["step"]) for r in members]))
+        grid = np.full((len(members), len(steps)), np.nan)  # [runs, steps]
+        for i, r in enumerate(members):
+            idx = np.searchsorted(steps, np.asarray(curves[r]["step"]))
+            grid[i, idx] = np.asarray(curves[r][key], dtype=float)
+        mean, lo, hi, n = _t_band(grid)
+        ok = n > 0
+        ax.plot(steps[ok], mean[ok], color=colors[g], lw=1.4,
+                label=f"{g} (mean of {len(members)} seed{'s' if len(members) != 1 else ''})")
+        band = n >= 2
+        if band.any():
+            ax.fill_between(steps[band], lo[band], hi[band], color=colors[g], alpha=0.2, lw=0)
     ax.set_xlabel("training step")
-    ax.set_ylabel(key)
+    ax.set_ylabel(f"{key} (mean ± 95% CI over seeds)")
     ax.set_title(title or f"{key} during training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out_stem)
 
 
+def _errorbar_series(ax, x, y, low, high, *, color, label, dodge):
+    x = np.asarray(x, dtype=float) + dodge
+    y = np.asarray(y, dtype=float)
+    lo = np.array([np.nan if v is None else v for v in low], dtype=float)
+    hi = np.array([np.nan if v is None else v for v in high], dtype=float)
+    err = np.vstack([np.nan_to_num(y - lo), np.nan_to_num(hi - y)])
+    ax.errorbar(x, y, yerr=err, color=color, marker="o", ms=4, capsize=3, lw=1.3, label=label)
+
+
+def _slope_text(c: Mapping) -> str:
+    if c.get("slope") is None:
+        return ""
+    if c.get("slope_low") is None:
+        return f" (slope {c['slope']:+.3f}/step)"
+    return f" (slope {c['slope']:+.3f} [{c['slope_low']:+.3f}, {c['slope_high']:+.3f}]/step)"
+
+
 def plot_horizon_curves(curves: Mapping[str, Mapping], *, out_stem: str | os.PathLike,
+                        deltas: Mapping[str, Mapping] | None = None, metric: str = "accuracy",
                         title: str = "") -> list[str]:
-    """Accuracy vs horizon H, one line per method with its 95% interval as a band/error bars.
+    """The table's metric vs horizon H per method, and (right panel, when `deltas` is given)
+    Δ vs the reference per comparison, each with its 95% run-level interval as error bars.
 
     Args:
-      curves: {method: HorizonCurve.to_dict()} — keys horizons, accuracy, low, high (None where
-        undefined) and slope.
+      curves: {method: {horizons, mean, low, high, slope, slope_low, slope_high}} (None where an
+        interval is undefined).
+      deltas: {"A − B": {horizons, delta, low, high, slope, ...}} (`inference.horizon_contrasts`).
+      metric: the metric's name for the axis labels (the table's primary metric).
     """
+    panels = 2 if deltas else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels, 4.2), squeeze=False)
+    ax = axes[0, 0]
     colors = _colors(list(curves))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for i, m in enumerate(sorted(curves)):
         c = curves[m]
-        h = np.asarray(c["horizons"], dtype=float) + (i - (len(curves) - 1) / 2) * 0.06  # dodge
-        acc = np.asarray(c["accuracy"], dtype=float)
-        lo = np.array([np.nan if v is None else v for v in c["low"]], dtype=float)
-        hi = np.array([np.nan if v is None else v for v in c["high"]], dtype=float)
-        err = np.vstack([np.nan_to_num(acc - lo), np.nan_to_num(hi - acc)])
-        slope = "" if c.get("slope") is None else f" (slope {c['slope']:+.3f}/step)"
-        ax.errorbar(h, acc, yerr=err, color=colors[m], marker="o", ms=4, capsize=3, lw=1.3,
-                    label=m + slope)
+        _errorbar_series(ax, c["horizons"], c["mean"], c["low"], c["high"], color=colors[m],
+                         label=m + _slope_text(c), dodge=(i - (len(curves) - 1) / 2) * 0.06)
     ax.set_xlabel("horizon H (steps of the reference solution)")
-    ax.set_ylabel("greedy accuracy")
+    ax.set_ylabel(f"{metric} [95% CI, run-level]")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title(title or "accuracy vs horizon")
+    ax.set_title(title or f"{metric} vs horizon")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    if deltas:
+        ax = axes[0, 1]
+        dcol = _colors(list(deltas))
+        for i, k in enumerate(sorted(deltas)):
+            c = deltas[k]
+            _errorbar_series(ax, c["horizons"], c["delta"], c["low"], c["high"], color=dcol[k],
+                             label=k + _slope_text(c), dodge=(i - (len(deltas) - 1) / 2) * 0.06)
+        ax.axhline(0, color="grey", lw=1, ls="--")
+        ax.set_xlabel("horizon H (steps of the reference solution)")
+        ax.set_ylabel(f"Δ {metric} vs reference [95% CI, run-level]")
+        ax.set_title("paired differences by horizon")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     return _save(fig, out_stem)
 
 
-def plot_delta_forest(rows: Sequence[Mapping], *, out_stem: str | os.PathLike,
-                      title: str = "") -> list[str]:
+def plot_delta_forest(rows: Sequence[Mapping], *, out_stem: str | os.PathLike, title: str = "",
+                      metric: str = "accuracy", test: str = "") -> list[str]:
     """Forest plot of paired differences.
 
     Args:
       rows: dicts with label, delta, low, high and optionally significant (bool); drawn top to
         bottom in the given order.
+      metric: what Δ is a difference of (axis label); test: the test behind "significant".
     """
     if not rows:
         raise ValueError("plot_delta_forest: no rows")
-    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(rows) + 1.4))
     y = np.arange(len(rows))[::-1]
     for yi, r in zip(y, rows):
         color = "tab:red" if r.get("significant") else "tab:blue"
@@ -120,8 +173,9 @@ def plot_delta_forest(rows: Sequence[Mapping], *, out_stem: str | os.PathLike,
                     fmt="o", color=color, capsize=3)
     ax.axvline(0, color="grey", lw=1, ls="--")
     ax.set_yticks(y, [r["label"] for r in rows], fontsize=8)
-    ax.set_xlabel("Δ accuracy vs reference [95% bootstrap CI] (red: Holm-significant)")
-    ax.set_title(title or "paired differences")
+    ax.set_xlabel(f"Δ {metric} vs reference [95% CI]" + (f"; red: Holm-significant by {test}" if test else ""),
+                  fontsize=8)
+    ax.set_title(title or f"paired differences: {metric}")
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, out_stem)
 
