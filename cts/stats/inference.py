@@ -30,9 +30,10 @@ simulation in tests/test_stats_calibration.py (`cts.stats.simulate`).
 
 Below MIN_SEEDS_FOR_TEST seeds no p-value is reported: with 2 seeds the run-level variance has
 1 degree of freedom (a 2-sided Holm threshold over 18 comparisons needs |t| > 229), the exact
-sign-flip test over 2 runs cannot go below p = 0.5, and the per-problem tests that ignore the
-run-level variance do not hold their level (15–50% false positives at seed sd 0.1–0.3 logit,
-`cts.stats.simulate`). With 1 seed there is no run-level variance at all.
+sign-flip test over 2 runs cannot go below p = 0.5, this test's simulated type-I error reaches
+0.09–0.12 with seed sd 0.3 and persistent method × problem effects, and the per-problem tests
+that ignore the run-level variance are worse (8–31% false positives at seed sd 0.1–0.3 logit;
+`python -m cts.stats.simulate`). With 1 seed there is no run-level variance at all.
 
 Secondary (`wilcoxon_paired`): Wilcoxon signed-rank over problems on seed-averaged
 differences d_p, *conditional on these trained seeds* (it asks whether these particular runs
