@@ -247,3 +247,17 @@ def test_primary_sampled_metric_and_the_other_table(tmp_path):
     with pytest.raises(ValueError, match="primary must be one of"):
         build_table(ev, base="B3", ablation_base="B5", seed=0, n_boot=50, primary="pass@5",
                     out_md=str(tmp_path / "u.md"), out_json=str(tmp_path / "u.json"), fig_dir=None)
+
+
+def test_learning_curve_band_is_mean_and_t_interval_over_seeds(tmp_path):
+    grid = np.array([[1.0, 2.0, np.nan], [3.0, 2.0, 5.0], [2.0, 5.0, np.nan]])  # [runs, steps]
+    mean, lo, hi, n = plots._t_band(grid)
+    np.testing.assert_allclose(mean, [2.0, 3.0, 5.0])
+    assert list(n) == [3, 3, 1]
+    half = sps.t.ppf(0.975, 2) * np.std([1.0, 3.0, 2.0], ddof=1) / np.sqrt(3)
+    assert hi[0] - mean[0] == pytest.approx(half) and mean[0] - lo[0] == pytest.approx(half)
+    assert np.isnan(lo[2]) and np.isnan(hi[2])  # one run: no band
+    curves = {f"B3/seed{s}": {"step": np.arange(3), "loss": grid[s]} for s in range(3)}
+    paths = plots.plot_learning_curves(curves, key="loss", group_of={k: "B3" for k in curves},
+                                       out_stem=tmp_path / "c")
+    assert "mean of 3 seeds" in (tmp_path / "c.svg").read_text() and len(paths) == 2
