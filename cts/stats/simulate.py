@@ -110,23 +110,24 @@ def calibrate(test: str, *, n_reps: int, n_seeds: int, n_problems: int = 160, sd
         type1 = float(np.mean(_old_wilcoxon_reject(a0, b0, alpha)))
         coverage = float(np.mean(_old_bootstrap_cover(a1, b1, truth, n_boot, seed, confidence)))
     return {"test": test, "n_seeds": n_seeds, "n_problems": n_problems, "sd_seed": sd_seed,
-            "sd_interaction": sd_interaction, "n_reps": n_reps, "true_delta": truth,
+            "sd_interaction": sd_interaction, "n_samples": n_samples, "n_reps": n_reps, "true_delta": truth,
             "type1": type1, "coverage": coverage, "mc_se": math.sqrt(0.05 * 0.95 / n_reps)}
 
 
 def calibration_table(rows: Sequence[dict]) -> str:
-    """Markdown table of `calibrate` results, one row per (seeds, seed sd), tests side by side."""
-    keys = sorted({(r["n_seeds"], r["sd_seed"], r["sd_interaction"]) for r in rows})
+    """Markdown table of `calibrate` results, one row per case, tests side by side."""
+    case = lambda r: (r["n_seeds"], r["sd_seed"], r["sd_interaction"], r.get("n_samples", 1))  # noqa: E731
+    keys = sorted({case(r) for r in rows})
     tests = [t for t in TESTS if any(r["test"] == t for r in rows)]
-    head = "| seeds | seed sd (logit) | interaction sd | " + " | ".join(
+    head = "| seeds | seed sd (logit) | interaction sd | samples | " + " | ".join(
         f"{t}: type-I | {t}: coverage" for t in tests) + " |"
-    lines = [head, "|" + "---:|" * (3 + 2 * len(tests))]
+    lines = [head, "|" + "---:|" * (4 + 2 * len(tests))]
     for k in keys:
         cells = []
         for t in tests:
-            r = next((r for r in rows if r["test"] == t and (r["n_seeds"], r["sd_seed"], r["sd_interaction"]) == k), None)
+            r = next((r for r in rows if r["test"] == t and case(r) == k), None)
             cells += ["—", "—"] if r is None else [f"{r['type1']:.3f}", f"{r['coverage']:.3f}"]
-        lines.append(f"| {k[0]} | {k[1]:g} | {k[2]:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {k[0]} | {k[1]:g} | {k[2]:g} | {k[3]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -143,11 +144,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    rows = [calibrate(t, n_reps=args.reps, n_seeds=s, sd_seed=sd, sd_interaction=si, n_boot=args.n_boot)
-            for t in TESTS for s, sd, si in [*((s, sd, 0.0) for s in (2, 3, 5) for sd in (0.0, 0.1, 0.3)),
-                                              (2, 0.1, 0.5), (3, 0.1, 0.5), (5, 0.1, 0.5)]]
+    cases = [*((s, sd, 0.0, 1) for s in (2, 3, 5) for sd in (0.0, 0.1, 0.3)),
+             *((s, 0.1, 0.5, 1) for s in (2, 3, 5)),
+             *((s, 0.3, 0.5, 16) for s in (2, 3, 5))]  # the hardest: sampled outcomes, little cell noise
+    rows = [calibrate(t, n_reps=args.reps, n_seeds=s, sd_seed=sd, sd_interaction=si, n_samples=ns,
+                      n_boot=args.n_boot) for t in TESTS for s, sd, si, ns in cases]
     text = (f"Calibration: {args.reps} simulated data sets per cell, 160 problems, difficulty sd 1 "
-            "(logit), greedy 0/1 outcomes; type-I error at nominal 0.05 (true Δ = 0) and coverage of "
+            "(logit), 0/1 outcomes (samples = 1) or pass@1 over 16 samples; type-I error at nominal 0.05 (true Δ = 0) and coverage of "
             "the true Δ by the nominal 95% interval (δ = 0.4 logit); interaction sd = persistent "
             "method × problem effects. run_level = the table's primary "
             "test and interval; wilcoxon_problems = the former table (per-problem Wilcoxon, crossed "
