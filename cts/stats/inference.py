@@ -20,18 +20,23 @@ contrast's model (k columns: the mean, a line in H, or per-H means), estimated f
 seed-averaged residuals RSS_p minus their noise share MS_E/S (MS_E: the seeds × problems
 interaction mean square). V̂ is the two-way cluster-robust variance of Cameron, Gelbach &
 Miller (2011, JBES 29:238) written in ANOVA form, truncated at its seed part (never below it).
-Reference distribution: t with Welch–Satterthwaite df, V̂²/(V̂_seed²/(S − 1) + V̂_problem²/(P − k)):
-S − 1 (the small-number-of-clusters choice, G − 1 for the scarcer dimension) when the run-level
-term dominates. With τ̂ = 0 it is the paired t-test on per-seed mean differences that Colas,
+Reference distribution: t with Welch–Satterthwaite df, V̂² / (V̂_seed²/(S − 1) + Var̂(V̂_problem)/2),
+the second term from the df of the two mean squares behind τ̂² (floored at 1): S − 1 (the
+small-number-of-clusters choice, G − 1 for the scarcer dimension) when the run-level term
+dominates, more when the problem term does. With τ̂ = 0 it is the paired t-test on per-seed mean differences that Colas,
 Sigaud & Oudeyer (2018, "How many random seeds?") recommend for comparing RL algorithms; the
 τ term keeps the level when methods differ persistently problem by problem (a per-seed t
-alone rejected a true null in 30–53% of simulations with strong method × problem effects). Its level and CI coverage are checked by
-simulation in tests/test_stats_calibration.py (`cts.stats.simulate`).
+alone rejected a true null in 16–53% of simulations with method × problem sd 0.3–1.0 logit and
+pass@1 over 16 samples). Its level and CI coverage are checked by simulation in
+tests/test_stats_calibration.py (`cts.stats.simulate`): type-I 0.035–0.055 and coverage
+0.94–0.96 in the standard cases; somewhat liberal at 3 seeds when a seed sd of 0.3 logit meets
+strong method × problem effects (sd 0.5–1.0) on sampled outcomes (type-I ≈ 0.07, coverage 0.91),
+≤ 0.06 at 5 seeds.
 
 Below MIN_SEEDS_FOR_TEST seeds no p-value is reported: with 2 seeds the run-level variance has
-1 degree of freedom (a 2-sided Holm threshold over 18 comparisons needs |t| > 229), the exact
+1 degree of freedom (a two-sided Holm threshold over 16 comparisons needs |t| > 200), the exact
 sign-flip test over 2 runs cannot go below p = 0.5, this test's simulated type-I error reaches
-0.09–0.12 with seed sd 0.3 and persistent method × problem effects, and the per-problem tests
+0.12–0.14 with seed sd 0.3 and persistent method × problem effects, and the per-problem tests
 that ignore the run-level variance are worse (8–31% false positives at seed sd 0.1–0.3 logit;
 `python -m cts.stats.simulate`). With 1 seed there is no run-level variance at all.
 
@@ -45,8 +50,9 @@ can give, 2·2⁻ⁿ, is reported and warned about when it cannot pass the Holm 
 
 Bootstrap (`crossed_bootstrap`): percentile intervals with multiplicity weights; the table uses
 it with the seed draw switched off (`resample_seeds=False`) for the secondary's conditional
-interval. Resampling 2–5 seeds understates run-level variance (coverage 75% at seed sd 0.3,
-2 seeds), so it is not the primary interval.
+interval. Resampling 2–5 seeds misstates run-level variance (coverage 0.89 at seed sd 0.3 with
+2 seeds, 0.99 with none, in `python -m cts.stats.simulate`; 75.5% in issue 15's simulation), so
+it is not the primary interval.
 
 Multiplicity: Holm step-down over the comparisons of a family that have a p-value
 (`holm_adjust`, equal to statsmodels `multipletests(method="holm")`).
