@@ -34,7 +34,7 @@ strong method × problem effects (sd 0.5–1.0) on sampled outcomes (type-I ≈ 
 ≤ 0.06 at 5 seeds.
 
 Below MIN_SEEDS_FOR_TEST seeds no p-value is reported: with 2 seeds the run-level variance has
-1 degree of freedom (a two-sided Holm threshold over 16 comparisons needs |t| > 200), the exact
+1 degree of freedom (a two-sided Holm threshold over 18 comparisons needs |t| > 229), the exact
 sign-flip test over 2 runs cannot go below p = 0.5, this test's simulated type-I error reaches
 0.12–0.14 with seed sd 0.3 and persistent method × problem effects, and the per-problem tests
 that ignore the run-level variance are worse (8–31% false positives at seed sd 0.1–0.3 logit;
