@@ -159,6 +159,9 @@ def test_run_level_seed_rules():
     assert rz["no_variance"] and rz["p"] is None and any("no variance" in n for n in rz["notes"])
     assert run_level_mean(x3).low < x3.mean() < run_level_mean(x3).high
     assert run_level_mean(x3[:1]).low is None
+    rare = np.zeros((2, 50))
+    rare[0, 0] = 1.0  # mean 0.01: the t-interval with ~1 df would go far below 0
+    assert run_level_mean(rare).low == 0.0 and 0.01 < run_level_mean(rare).high <= 1.0
 
 
 def test_horizon_contrasts():

@@ -280,10 +280,13 @@ def _none_if_nan(x) -> float | None:
 
 
 def run_level_mean(x: np.ndarray, confidence: float = 0.95) -> Interval:
-    """One method's mean outcome [S, P] with the run-level interval (None bounds with 1 seed)."""
+    """One method's mean outcome [S, P] (values in [0, 1]) with the run-level interval, clipped
+    to [0, 1] since the symmetric t-interval can leave it with few seeds (None bounds with 1 seed)."""
     x = np.asarray(x, dtype=float)
     r = run_level_contrast(x, *_mean_contrast(x.shape[1]), confidence=confidence)
     lo, hi = _none_if_nan(r["low"]), _none_if_nan(r["high"])
+    if lo is not None:
+        lo, hi = max(0.0, lo), min(1.0, hi)
     return Interval(float(r["estimate"]), lo, hi)
 
 

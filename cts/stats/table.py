@@ -92,6 +92,13 @@ def _renamed(d: dict, old: str, new: str) -> dict:
     return {new if k == old else k: v for k, v in d.items()}
 
 
+def _clipped(curve: dict) -> dict:
+    """A per-H mean curve with its interval bounds clipped to [0, 1] (outcomes are proportions)."""
+    clip = lambda v, f: None if v is None else f(v)  # noqa: E731
+    return {**curve, "low": [clip(v, lambda a: max(0.0, a)) for v in curve["low"]],
+            "high": [clip(v, lambda a: min(1.0, a)) for v in curve["high"]]}
+
+
 def _secondary(cells: Mapping[tuple[int, str], dict], values: np.ndarray, horizons: np.ndarray) -> dict:
     rows = [cells[k] for k in sorted(cells)]
     n_min = min(r["n_samples"] for r in rows)
@@ -99,7 +106,8 @@ def _secondary(cells: Mapping[tuple[int, str], dict], values: np.ndarray, horizo
         "pass_at_k": {str(k): mt.mean_pass_at_k(rows, k) for k in PASS_K_SHOWN if k <= n_min},
         "min_n_samples": n_min,
         # the table's metric by H, run-level intervals (the same model as the comparisons)
-        "horizon_curve": _renamed(horizon_contrasts(values, np.zeros_like(values), horizons), "delta", "mean"),
+        "horizon_curve": _clipped(_renamed(horizon_contrasts(values, np.zeros_like(values), horizons),
+                                           "delta", "mean")),
         "delta_critique": mt.delta_critique(rows),
         "taxonomy": mt.taxonomy_breakdown(rows),
     }
