@@ -404,3 +404,18 @@ def test_plain_values_compare_as_python_would():
 def test_unrepresentable_return_value_is_a_wrong_answer():
     v = verify_code(ADD, "def add(a, b):\n    return object()\n")
     assert (v.passed, v.error_type) == (0, "wrong_output") and "plain data" in v.first_failure
+
+
+def test_shadowing_trusted_names_does_not_move_the_expected_side():
+    # A candidate that defines `set`, `math` or `sorted` itself would, if that made them its own,
+    # compute both sides of `set(f(x)) == set([...])`. They stay trusted (the reference defines
+    # none of them), so these forgeries still score 0.
+    p = _problem(["assert set(secret(1)) == set([7, 3, 9])", "assert math.isclose(secret(2), 2.718)",
+                  "assert sorted(secret(3)) == sorted([5, 1])"], pid="shadow")
+    forger = "class math:\n    isclose = staticmethod(lambda *a, **k: True)\n" \
+             "def set(x):\n    return 0\ndef sorted(x):\n    return 0\ndef secret(x):\n    return 0\n"
+    assert verify_code(p, forger).passed == 0
+    # ...while a solution's own function that shadows a builtin is the solution's (MBPP 126: `sum`)
+    q = Problem(id="own-sum", task="mbpp", kind="code", prompt="", tests=["assert sum(10, 15) == 6"],
+                reference="def sum(a, b):\n    return 6\n")
+    assert verify_code(q, "def sum(a, b):\n    return 6\n").all_passed

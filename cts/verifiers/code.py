@@ -41,8 +41,8 @@ from typing import Any
 from cts.io import DataError
 from cts.sandbox import SandboxLimits, SandboxResult, isolation_level, run_python
 from cts.tasks.schema import Problem
-from cts.verifiers.trusted import (SplitTest, UnsupportedTest, decode_plain, evaluate_skeleton,
-                                   split_humaneval_check, split_test)
+from cts.verifiers.trusted import (SplitTest, UnsupportedTest, bound_names, decode_plain,
+                                   evaluate_skeleton, split_humaneval_check, split_test)
 
 __all__ = ["CodeVerdict", "ERROR_TYPES", "detect_test_form", "normalize_lines", "verify_code",
            "verify_many"]
@@ -168,6 +168,8 @@ def _harness():
     nonce = spec.pop("nonce")
     out = os.dup(1)
     _type, _repr, _len, _isinstance = type, repr, len, isinstance
+    import collections
+    _dicts = (collections.Counter, collections.OrderedDict, collections.defaultdict)
 
     def report(**rec):
         os.write(out, ("\n" + nonce + " " + json.dumps(rec) + "\n").encode("utf-8"))
@@ -200,7 +202,7 @@ def _harness():
         if t in (list, tuple, set, frozenset):
             items = sorted(x, key=_repr) if t in (set, frozenset) else x
             return [t.__name__, [encode(v, depth + 1) for v in items]]
-        if t is dict:
+        if t is dict or t in _dicts:  # Counter etc. compare as the dicts they are
             return ["dict", [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in x.items()]]
         raise Unplain(t.__name__)
 
@@ -239,6 +241,8 @@ def _harness():
         except BaseException as e:
             report(kind="setup", msg=short(e))
             return
+    for m in spec.get("modules", []):  # reference runs: the stdlib modules their holes name
+        ns[m] = __import__(m)
     for key, source in spec["holes"]:
         value(key, lambda: eval(compile(source, "test", "eval"), ns))
     for key, name, args in spec["calls"]:
@@ -293,11 +297,12 @@ class _Run:
 
 def _run_harness(code: str | None, setup: str, holes: list[tuple[str, str]],
                  calls: list[tuple[str, str, list]], limits: SandboxLimits, isolation: str | None,
-                 where: str) -> _Run:
+                 where: str, modules: list[str] = ()) -> _Run:
     if not holes and not calls:
         return _Run({}, None, None)
     nonce = "@@" + secrets.token_hex(16) + "@@"
-    spec = {"setup": setup, "holes": holes, "calls": calls, "nonce": nonce}
+    spec = {"setup": setup, "holes": holes, "calls": calls, "nonce": nonce,
+            "modules": sorted(set(modules))}
     try:
         spec_text = json.dumps(spec, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -344,10 +349,15 @@ def _fatal_verdict(fatal: dict, total: int) -> CodeVerdict:
 
 
 def _split_tests(problem: Problem, form: str) -> list[SplitTest]:
+    # names the reference solution and setup define are the solution's (MBPP 126 defines `sum`);
+    # never names the candidate chose, or it could move the expected side into its own process
+    shadowed = bound_names(problem.reference or "") | bound_names(problem.test_setup or "")
+    if problem.entry_point:
+        shadowed |= {problem.entry_point}
     try:
         if form == "humaneval":
-            return split_humaneval_check(problem.tests[0], problem.entry_point)
-        return [split_test(t) for t in problem.tests]
+            return split_humaneval_check(problem.tests[0], problem.entry_point, shadowed)
+        return [split_test(t, shadowed) for t in problem.tests]
     except UnsupportedTest as e:
         raise DataError(f"problem {problem.id!r}: {e}") from None
 
@@ -374,7 +384,8 @@ def _harness_verdict(problem: Problem, code: str, form: str, limits: SandboxLimi
     if run.fatal is not None:
         return _fatal_verdict(run.fatal, total)
     # expected-side sub-expressions that only the interpreter can compute: a run without the candidate
-    ref = _run_harness(None, "", ref_holes, [], limits, isolation, where)
+    modules = [m for t in (tests or []) for h in t.holes if h.reference for m in h.modules]
+    ref = _run_harness(None, "", ref_holes, [], limits, isolation, where, modules)
     values = {**run.values, **ref.values}
 
     outcomes: list[tuple[str, str | None]] = []  # per test: (error_type, message)

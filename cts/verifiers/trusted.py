@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Hole", "SplitTest", "UnsupportedTest", "decode_plain", "evaluate_skeleton",
+__all__ = ["Hole", "SplitTest", "UnsupportedTest", "bound_names", "decode_plain", "evaluate_skeleton",
            "split_test", "split_humaneval_check"]
 
 # Builtins the parent applies to plain data itself. Each is a pure function of its arguments.
@@ -67,10 +67,14 @@ def _too_big():
 
 @dataclass(frozen=True)
 class Hole:
-    """One sub-expression evaluated in a sandbox: `source` text; `reference`: no candidate code."""
+    """One sub-expression evaluated in a sandbox: `source` text; `reference`: no candidate code.
+
+    `modules`: the stdlib modules a reference hole names (imported first in the clean run).
+    """
 
     source: str
     reference: bool = False
+    modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,12 +90,49 @@ def _names(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
 
-def _is_candidate_name(name: str) -> bool:
-    return name not in _TRUSTED_FUNCS and name not in _TRUSTED_CONSTS and name not in _STDLIB
+def _is_candidate_name(name: str, shadowed: frozenset[str] = frozenset()) -> bool:
+    return name in shadowed or (name not in _TRUSTED_FUNCS and name not in _TRUSTED_CONSTS
+                                and name not in _STDLIB)
 
 
-def _mentions_candidate(node: ast.AST) -> bool:
-    return any(_is_candidate_name(n) for n in _names(node))
+def _mentions_candidate(node: ast.AST, shadowed: frozenset[str] = frozenset()) -> bool:
+    return any(_is_candidate_name(n, shadowed) for n in _names(node))
+
+
+def bound_names(source: str) -> frozenset[str]:
+    """The module-level names `source` binds (defs, classes, assignments, imports, `global`s).
+
+    Called on the problem's REFERENCE solution and test setup, never on the candidate: a test that
+    mentions one of these names means the solution's object (`sum` in MBPP task 126 is the
+    solution's own function), so it is taken as the candidate's, not as the builtin. A candidate
+    that binds `math` or `set` itself changes nothing: those stay trusted and run in the parent.
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return frozenset()
+    out = set()
+
+    def visit(node: ast.AST, top: bool) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if top:
+                out.add(node.name)
+            for child in ast.iter_child_nodes(node):
+                visit(child, False)
+            return
+        if isinstance(node, (ast.Global, ast.Nonlocal)):
+            out.update(node.names)
+        elif top and isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            out.add(node.id)
+        elif top and isinstance(node, ast.alias):
+            out.add((node.asname or node.name).split(".")[0])
+        for child in ast.iter_child_nodes(node):
+            visit(child, top and not isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp,
+                                                       ast.DictComp, ast.GeneratorExp)))
+
+    for stmt in tree.body:
+        visit(stmt, True)
+    return frozenset(out)
 
 
 def _is_math_attr(node: ast.AST) -> bool:
@@ -100,31 +141,34 @@ def _is_math_attr(node: ast.AST) -> bool:
 
 
 class _Splitter:
-    def __init__(self, rename: dict[str, str] | None = None):
+    def __init__(self, rename: dict[str, str] | None = None, shadowed: frozenset[str] = frozenset()):
         self.holes: list[Hole] = []
         self.rename = rename or {}
+        self.shadowed = shadowed
 
     def _hole(self, node: ast.expr, reference: bool) -> ast.Name:
         node = _Rename(self.rename).visit(node)
-        self.holes.append(Hole(ast.unparse(node), reference))
+        modules = tuple(sorted(n for n in _names(node) if n in _STDLIB)) if reference else ()
+        self.holes.append(Hole(ast.unparse(node), reference, modules))
         return ast.Name(id=f"__hole_{len(self.holes) - 1}", ctx=ast.Load())
 
     def visit(self, node: ast.expr) -> ast.expr:
-        cand = _mentions_candidate(node) or any(n in self.rename for n in _names(node))
+        cand = _mentions_candidate(node, self.shadowed) or any(n in self.rename for n in _names(node))
         if isinstance(node, ast.Constant):
             return node
         if isinstance(node, ast.Name):
-            if node.id in self.rename or _is_candidate_name(node.id):
+            if node.id in self.rename or _is_candidate_name(node.id, self.shadowed):
                 return self._hole(node, reference=False)
             if node.id in _TRUSTED_FUNCS or node.id in _TRUSTED_CONSTS:
                 return node
             return self._hole(node, reference=True)  # a bare stdlib module used as a value
-        if _is_math_attr(node):
+        if _is_math_attr(node) and "math" not in self.shadowed:
             return node
         if isinstance(node, ast.Call):
             func = node.func
-            trusted_callee = ((isinstance(func, ast.Name) and func.id in _TRUSTED_FUNCS)
-                              or _is_math_attr(func))
+            trusted_callee = ((isinstance(func, ast.Name) and func.id in _TRUSTED_FUNCS
+                               and func.id not in self.shadowed)
+                              or (_is_math_attr(func) and "math" not in self.shadowed))
             if not trusted_callee:
                 return self._hole(node, reference=not cand)
             return ast.Call(func=func, args=[self.visit_starred(a) for a in node.args],
@@ -175,15 +219,18 @@ class _Rename(ast.NodeTransformer):
         return ast.Name(id=self.mapping.get(node.id, node.id), ctx=node.ctx)
 
 
-def _split_expr(test_expr: ast.expr, text: str, rename: dict[str, str] | None = None) -> SplitTest:
-    sp = _Splitter(rename)
+def _split_expr(test_expr: ast.expr, text: str, rename: dict[str, str] | None = None,
+                shadowed: frozenset[str] = frozenset()) -> SplitTest:
+    sp = _Splitter(rename, shadowed)
     skeleton = ast.Expression(body=sp.visit(test_expr))
     ast.fix_missing_locations(skeleton)
     return SplitTest(skeleton=skeleton, holes=tuple(sp.holes), text=text)
 
 
-def split_test(text: str) -> SplitTest:
+def split_test(text: str, shadowed: frozenset[str] = frozenset()) -> SplitTest:
     """Split one assert statement (MBPP / synthetic form) into skeleton + holes.
+
+    shadowed: names the candidate (or the test setup) binds (`bound_names`); never trusted.
 
     Raises:
       UnsupportedTest: `text` is not a single `assert <expr>` statement.
@@ -194,10 +241,11 @@ def split_test(text: str) -> SplitTest:
         raise UnsupportedTest(f"test does not parse: {e}") from None
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
         raise UnsupportedTest(f"test is not a single assert statement: {text.strip()[:120]!r}")
-    return _split_expr(tree.body[0].test, text.strip())
+    return _split_expr(tree.body[0].test, text.strip(), shadowed=shadowed)
 
 
-def split_humaneval_check(check_src: str, entry_point: str) -> list[SplitTest]:
+def split_humaneval_check(check_src: str, entry_point: str,
+                          shadowed: frozenset[str] = frozenset()) -> list[SplitTest]:
     """The asserts of a HumanEval `def check(candidate): ...`, `candidate` renamed to entry_point.
 
     Only straight-line check bodies are supported (asserts, imports, docstrings, constant
@@ -219,11 +267,12 @@ def split_humaneval_check(check_src: str, entry_point: str) -> list[SplitTest]:
     out = []
     for stmt in fn.body:
         if isinstance(stmt, ast.Assert):
-            out.append(_split_expr(stmt.test, ast.unparse(stmt), rename={arg: entry_point}))
+            out.append(_split_expr(stmt.test, ast.unparse(stmt), rename={arg: entry_point},
+                                   shadowed=shadowed))
         elif isinstance(stmt, (ast.Import, ast.ImportFrom, ast.Pass)) or (
                 isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)):
             continue
-        elif isinstance(stmt, ast.Assign) and not _mentions_candidate(stmt.value) \
+        elif isinstance(stmt, ast.Assign) and not _mentions_candidate(stmt.value, shadowed) \
                 and arg not in _names(stmt.value):
             continue  # metadata and other constants that no assert reads (checked below)
         else:
