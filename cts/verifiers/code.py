@@ -206,11 +206,19 @@ def _harness():
             return ["dict", [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in x.items()]]
         raise Unplain(t.__name__)
 
+    def where(exc):  # the candidate's line the exception came from: evidence for a critique
+        tb, line = exc.__traceback__, None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == "solution.py":
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        return "" if line is None else " (solution.py line %d)" % line
+
     def value(key, thunk):
         try:
             v = thunk()
         except BaseException as e:
-            report(kind="value", k=key, err="runtime", msg=short(e))
+            report(kind="value", k=key, err="runtime", msg=short(e) + where(e))
             return
         try:
             report(kind="value", k=key, v=encode(v))
@@ -233,7 +241,7 @@ def _harness():
     try:
         exec(code, ns)
     except BaseException as e:
-        report(kind="load", msg=short(e))
+        report(kind="load", msg=short(e) + where(e))
         return
     if spec["setup"]:  # after the candidate: MBPP setups build objects of its classes
         try:

@@ -86,8 +86,54 @@ def _replace_visible(after: str, old: str, new: str) -> str:
     return after[:m.start()] + m.group(0).replace(old.strip(), new) + after[m.end():]
 
 
-def inject_error(prompt: str, solution: str, kind: str, rng: random.Random) -> Injected | None:
-    """One error of `kind` at a random annotated step; None if the solution has no such step."""
+def _propagate(solution: str, step: int, old: Fraction, new: Fraction) -> str:
+    """Carry a changed result forward: later annotations that use `old` use `new` (and so on)."""
+    mapping = {old: new}
+    spans = mv.split_steps(solution)
+    out, pos = [], 0
+    for i, (s, e) in enumerate(spans):
+        if i <= step:
+            continue
+        line = solution[s:e]
+        new_line, cursor = [], 0
+        for m in _ANN.finditer(line):
+            expr, res = m.group("expr"), m.group("res")
+            new_expr = _NUM_TOKEN.sub(lambda t: _fmt(mapping[Fraction(t.group(0))])
+                                      if Fraction(t.group(0)) in mapping else t.group(0), expr)
+            if new_expr == expr:
+                continue
+            try:
+                before_v, after_v = mv.evaluate_expression(expr), mv.evaluate_expression(new_expr)
+            except ValueError:
+                continue
+            mapping[before_v] = after_v
+            new_res = _fmt(after_v)
+            prose = line[cursor:m.start()]
+            new_line.append(prose + f"<<{new_expr}={new_res}>>")
+            tail_end = m.end()
+            tail = _replace_visible(line[tail_end:], res, new_res)
+            line = line[:tail_end] + tail
+            cursor = tail_end
+        new_line.append(line[cursor:])
+        out.append((s, e, "".join(new_line)))
+    for s, e, text in reversed(out):
+        solution = solution[:s] + text + solution[e:]
+    # the final answer follows the last changed value
+    m = re.search(r"####\s*(.+)$", solution.rstrip())
+    if m is not None:
+        parsed = mv._parse_answer(m.group(1))
+        if parsed is not None and parsed[0] in mapping:
+            solution = solution[:m.start(1)] + _fmt(mapping[parsed[0]]) + solution[m.end(1):]
+    return solution
+
+
+def inject_error(prompt: str, solution: str, kind: str, rng: random.Random, *,
+                 propagate: bool = False) -> Injected | None:
+    """One error of `kind` at a random annotated step; None if the solution has no such step.
+
+    propagate: later steps use the wrong value consistently (their own arithmetic stays right)
+      and the final answer follows it, as a model that made one slip and carried on would write.
+    """
     if kind not in INJECTION_KINDS:
         raise ValueError(f"kind must be one of {INJECTION_KINDS}, got {kind!r}")
     candidates = _candidate_steps(prompt, solution)
@@ -104,10 +150,12 @@ def inject_error(prompt: str, solution: str, kind: str, rng: random.Random) -> I
             options = [v for v in options if not mv.claim_matches(actual, _fmt(v)) and v != 0]
             if not options:
                 continue
-            wrong = _fmt(rng.choice(options))
+            wrong_v = rng.choice(options)
+            wrong = _fmt(wrong_v)
             new_line = (line[:m.start()] + f"<<{expr}={wrong}>>"
                         + _replace_visible(line[m.end():], res, wrong))
             note = f"{expr.strip()} claimed as {wrong} (is {mv.format_value(actual)})"
+            changed = (actual, Fraction(wrong))
         else:
             tokens = list(_NUM_TOKEN.finditer(expr))
             rng.shuffle(tokens)
@@ -133,8 +181,12 @@ def inject_error(prompt: str, solution: str, kind: str, rng: random.Random) -> I
                     before = before[:k] + new_tok + before[k + len(old):]
                 new_line = before + f"<<{new_expr}={new_res}>>" + _replace_visible(line[m.end():], res, new_res)
                 note = f"operand {old} -> {new_tok} in {expr.strip()}"
+                changed = (actual, Fraction(new_res))
                 break
             if new_line is None:
                 continue
-        return Injected(solution[:s] + new_line + solution[e:], step, kind, note)
+        text = solution[:s] + new_line + solution[e:]
+        if propagate:
+            text = _propagate(text, step, *changed)
+        return Injected(text, step, kind, note)
     return None
