@@ -23,6 +23,7 @@ from cts.stats import metrics as mt
 from cts.stats.data import is_ablation, read_eval_files, read_metrics_file, task_matrices
 from cts.stats.inference import ZERO_METHOD, compare_methods
 from cts.stats.power import estimate_sd_components, minimum_detectable_effect, plan_comparisons
+from cts.stats.teacher_quality import teacher_quality
 
 __all__ = ["build_table", "METRICS", "NARROW_QUESTION", "narrow_question"]
 
@@ -282,7 +283,8 @@ def build_table(eval_files: list[str], *, base: str, ablation_base: str | None,
                 tx = secondary[task][m]["taxonomy"]
                 md.append(f"| {task} | {m} | " + " | ".join(
                     f"{_fmt(tx[t]['solved_rate'])} ({tx[t]['n']})" if t in tx else "—" for t in tags) + " |")
-    md += ["", "## Warnings", ""] + ([f"- {w}" for w in warnings] or ["- none"])
+    teacher = teacher_quality(Path(out_md).parent / "taxonomy")  # results/taxonomy/<task>/tagged.jsonl
+    md += teacher["markdown"] + ["", "## Warnings", ""] + ([f"- {w}" for w in warnings] or ["- none"])
     atomic_write_text(out_md, "\n".join(md) + "\n")
 
     doc = {
@@ -303,6 +305,7 @@ def build_table(eval_files: list[str], *, base: str, ablation_base: str | None,
                                    for task in sorted(other_means)}},
         "figures": [os.path.relpath(f, os.path.dirname(os.path.abspath(out_json))) for f in figures],
         "warnings": warnings,
+        "teacher_quality": teacher["tasks"],
     }
     atomic_write_json(out_json, doc)
     return doc

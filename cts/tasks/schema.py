@@ -102,7 +102,8 @@ class Quadruple:
       first_error_step: 0-based index of the first wrong step of y⁰ (None if correct).
       error_span: [start, end) character span of that step inside `attempt` (None if correct).
       n_steps: number of steps in y⁰ (lines for math, statements for code).
-      error_type: the rule-based taxonomy tag (see cts.taxonomy), "none" when correct.
+      error_type: the teacher's tag (the programmatic teacher's is the rule-based one; an LLM
+        teacher's is its own or its error_classifier's), "none" when correct.
       teacher: which teacher produced it ("programmatic", "anthropic:<model>", ...).
       teacher_error_type: the teacher's own tag, kept beside the rule-based one.
       unlocalised: the attempt is wrong but the teacher found no evidence of WHERE (no wrong
@@ -110,6 +111,9 @@ class Quadruple:
         error_span are None, error_type is "unlocalised", and the revision is the reference
         solution. Such quadruples are kept and counted; terms that need a location must skip
         them (the step is None), terms that need only (x, y⁰, f, y¹) may use them.
+      rule_error_type, rule_first_error_step: the rule-based tagger's tag and step, written by the
+        taxonomy stage BESIDE the teacher's (None before that stage); nothing the teacher wrote
+        is overwritten.
     """
 
     problem_id: str
@@ -125,6 +129,8 @@ class Quadruple:
     teacher: str = "programmatic"
     teacher_error_type: str | None = None
     unlocalised: bool = False
+    rule_error_type: str | None = None
+    rule_first_error_step: int | None = None
 
     def __post_init__(self):
         where = f"quadruple for {self.problem_id!r}"
