@@ -6,15 +6,28 @@ writes) in a private temp dir that is deleted afterwards, with an environment ho
 `PYTHONUTF8=1`: no PATH, HOME or API keys. Three isolation levels, best first:
 
   "bwrap"   bubblewrap: new pid/net/ipc/uts namespaces, a root file system made of read-only
-            binds of /usr (+ /lib*, /bin symlinks) and the interpreter's prefix, a size-capped
-            tmpfs /tmp, and the private dir bound read-write at /sandbox (the cwd). Nothing else
+            binds of /usr (+ /lib*, /bin symlinks) and the interpreter's prefix, and ONE tmpfs of
+            `disk_mb` at /tmp (mode 1777, so any program may use /tmp) holding the private dir
+            /tmp/sandbox (the cwd; the input files are copied in by bwrap from fds). Nothing else
             of the host (repo, $HOME, other processes, the network) is visible.
-  "unshare" util-linux `unshare`: new pid/net/ipc/uts/mount namespaces; tmpfs over /tmp,
-            /var/tmp, /dev/shm, $HOME and the parent's cwd (the interpreter is re-bound read-only
-            at its own path); the host file system is otherwise visible read-only-by-permission.
+  "unshare" util-linux `unshare`: new pid/net/ipc/uts/mount namespaces; the same single tmpfs of
+            `disk_mb` at /tmp with the private dir /tmp/sandbox (files copied in from the host
+            dir, which the program never writes); tiny read-only-by-permission tmpfs over /var/tmp,
+            /dev/shm, $HOME, the parent's cwd and every world-writable host dir found by a bounded
+            scan (e.g. /run/lock); the interpreter is re-bound read-only at its own path; the host
+            file system is otherwise visible read-only-by-permission.
   "rlimits" resource limits and a private uid only: NO network or file-system isolation
             (world-writable dirs such as /tmp are writable); leftover processes are swept by
             uid after the run (root only; there is no pid namespace to do it).
+
+Caps on the whole run (all its processes together):
+  memory  — a memory cgroup per run, limit `total_memory_mb` (cgroup v2 where a delegated memory
+            controller exists, else cgroup v1's memory controller; both need write access to the
+            cgroup tree, i.e. root in most containers). `memory_enforcement()` says which is in
+            force; without either, the only bound is max_procs × memory_mb (RLIMIT_NPROC ×
+            RLIMIT_AS). The tmpfs pages the run writes count against the cgroup too.
+  disk    — bwrap and unshare: everything writable is the one `disk_mb` tmpfs (plus tiny masks);
+            rlimits: no total (only RLIMIT_FSIZE per file).
 
 At every level the program runs with rlimits (RLIMIT_CPU, AS, NPROC, FSIZE, NOFILE, CORE=0,
 applied by `prlimit` before exec), in its own session killed as a process group on timeout or

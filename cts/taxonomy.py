@@ -23,7 +23,6 @@ code label wrong_output are heuristics (compared with the reference solution); s
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from fractions import Fraction

@@ -635,9 +635,6 @@ class StepCredit:
     bad_operand: Fraction | None = None
 
 
-DERIVED_OPERANDS = True
-
-
 def _pair_derived(target: Fraction, known: set[Fraction]) -> bool:
     """target is a rate derived in the head from a stated fraction p < 1: 1 + p (`20% more`:
     1.2), 1 - p (`20% off`: 0.8), or n·p (`three quarters`: 0.75), n a stated quantity."""
@@ -764,8 +761,7 @@ def step_credits(prompt: str, solution: str, *, stop_at_failure: bool = True) ->
                     failure = (f"states {format_value(actual)} without deriving it", actual)
                     break
             else:
-                unknown = [v for v in operands if not _is_known(v, known)
-                           and not (DERIVED_OPERANDS and _pair_derived(v, known))]
+                unknown = [v for v in operands if not _is_known(v, known) and not _pair_derived(v, known)]
                 if unknown:
                     failure = (f"`{expression.strip()}` uses {format_value(unknown[0])}, which is "
                                "neither in the problem nor derived earlier", unknown[0])
