@@ -648,13 +648,15 @@ def _pair_derived(target: Fraction, known: set[Fraction]) -> bool:
 
 
 def _one_op_away(target: Fraction, known: set[Fraction]) -> bool:
-    pool = list(known | UNIT_CONSTANTS)
-    if len(pool) > 300:
-        return False  # quadratic search: a prompt this number-heavy is not GSM8K-like
+    """target = a op b for a, b in known ∪ UNIT_CONSTANTS (linear: look the partner up)."""
+    pool = known | UNIT_CONSTANTS
     for a in pool:
-        for b in pool:
-            if a + b == target or a - b == target or a * b == target or (b != 0 and a / b == target):
-                return True
+        if target - a in pool or a - target in pool:
+            return True
+        if a != 0 and target / a in pool:
+            return True
+        if target != 0 and a / target in pool and a / target != 0:
+            return True
     return False
 
 
