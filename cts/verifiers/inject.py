@@ -12,6 +12,11 @@ an `Injected` record with the step index, so a measurement knows where the first
                 step's arithmetic is right and only the operand is wrong. The prose copy of v in
                 the step and the visible result change with it.
 
+  "operation":  one operator of the annotation is swapped (+ and -, * and /) and the result is
+                recomputed: right arithmetic on known operands, so nothing checkable shows the
+                error — the teacher should flag it only if a later contradiction does, else say
+                `unlocalised`.
+
 Later steps are left as written (they keep using the original values, as a model that copied
 numbers forward would). Only steps whose annotation has an operator and whose prefix passes the
 step check are chosen.
@@ -28,7 +33,8 @@ from cts.verifiers import math as mv
 
 __all__ = ["INJECTION_KINDS", "Injected", "inject_error"]
 
-INJECTION_KINDS = ("arithmetic", "operand")
+INJECTION_KINDS = ("arithmetic", "operand", "operation")
+_SWAP = {"+": "-", "-": "+", "*": "/", "/": "*"}
 _ANN = re.compile(r"<<(?P<expr>[^<>=]*)=(?P<res>[^<>]*)>>")
 _NUM_TOKEN = re.compile(r"(?<![\d.])(?:\d+(?:\.\d+)?|\.\d+)")
 
@@ -156,6 +162,23 @@ def inject_error(prompt: str, solution: str, kind: str, rng: random.Random, *,
                         + _replace_visible(line[m.end():], res, wrong))
             note = f"{expr.strip()} claimed as {wrong} (is {mv.format_value(actual)})"
             changed = (actual, Fraction(wrong))
+        elif kind == "operation":
+            ops = [i for i, ch in enumerate(expr) if ch in _SWAP]
+            if not ops:
+                continue
+            i = rng.choice(ops)
+            new_expr = expr[:i] + _SWAP[expr[i]] + expr[i + 1:]
+            try:
+                new_v = mv.evaluate_expression(new_expr)
+            except ValueError:
+                continue
+            if new_v == actual or new_v <= 0:
+                continue
+            new_res = _fmt(new_v)
+            new_line = (line[:m.start()] + f"<<{new_expr}={new_res}>>"
+                        + _replace_visible(line[m.end():], res, new_res))
+            note = f"{expr.strip()} -> {new_expr.strip()}"
+            changed = (actual, Fraction(new_res))
         else:
             tokens = list(_NUM_TOKEN.finditer(expr))
             rng.shuffle(tokens)
