@@ -378,7 +378,7 @@ def _cgroup_dir(mount: str, root: str, path: str) -> str:
 
 
 def _try_child(parent: str, limit_file: str) -> tuple[bool, str]:
-    probe = os.path.join(parent, f"cts-probe-{os.getpid()}")
+    probe = os.path.join(parent, f"cts-probe-{os.getpid()}-{threading.get_ident()}")
     try:
         os.mkdir(probe)
     except OSError as e:
@@ -393,9 +393,17 @@ def _try_child(parent: str, limit_file: str) -> tuple[bool, str]:
             pass
 
 
-@functools.lru_cache(maxsize=None)
+_cgroup_probe_lock = threading.Lock()
+
+
 def _memory_cgroup_parent() -> tuple[str, str, str]:
     """("cgroup2" | "cgroup1" | "", parent dir, reason) — where per-run memory cgroups go."""
+    with _cgroup_probe_lock:  # probed once per process, not concurrently by a pool's threads
+        return _probe_memory_cgroup_parent()
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_memory_cgroup_parent() -> tuple[str, str, str]:
     own = _own_cgroups()
     reasons = []
     for fstype, mount, root, opts in _cgroup_mounts():
