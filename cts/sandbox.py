@@ -6,15 +6,28 @@ writes) in a private temp dir that is deleted afterwards, with an environment ho
 `PYTHONUTF8=1`: no PATH, HOME or API keys. Three isolation levels, best first:
 
   "bwrap"   bubblewrap: new pid/net/ipc/uts namespaces, a root file system made of read-only
-            binds of /usr (+ /lib*, /bin symlinks) and the interpreter's prefix, a size-capped
-            tmpfs /tmp, and the private dir bound read-write at /sandbox (the cwd). Nothing else
+            binds of /usr (+ /lib*, /bin symlinks) and the interpreter's prefix, and ONE tmpfs of
+            `disk_mb` at /tmp (mode 1777, so any program may use /tmp) holding the private dir
+            /tmp/sandbox (the cwd; the input files are copied in by bwrap from fds). Nothing else
             of the host (repo, $HOME, other processes, the network) is visible.
-  "unshare" util-linux `unshare`: new pid/net/ipc/uts/mount namespaces; tmpfs over /tmp,
-            /var/tmp, /dev/shm, $HOME and the parent's cwd (the interpreter is re-bound read-only
-            at its own path); the host file system is otherwise visible read-only-by-permission.
+  "unshare" util-linux `unshare`: new pid/net/ipc/uts/mount namespaces; the same single tmpfs of
+            `disk_mb` at /tmp with the private dir /tmp/sandbox (files copied in from the host
+            dir, which the program never writes); tiny read-only-by-permission tmpfs over /var/tmp,
+            /dev/shm, $HOME, the parent's cwd and every world-writable host dir found by a bounded
+            scan (e.g. /run/lock); the interpreter is re-bound read-only at its own path; the host
+            file system is otherwise visible read-only-by-permission.
   "rlimits" resource limits and a private uid only: NO network or file-system isolation
             (world-writable dirs such as /tmp are writable); leftover processes are swept by
             uid after the run (root only; there is no pid namespace to do it).
+
+Caps on the whole run (all its processes together):
+  memory  — a memory cgroup per run, limit `total_memory_mb` (cgroup v2 where a delegated memory
+            controller exists, else cgroup v1's memory controller; both need write access to the
+            cgroup tree, i.e. root in most containers). `memory_enforcement()` says which is in
+            force; without either, the only bound is max_procs × memory_mb (RLIMIT_NPROC ×
+            RLIMIT_AS). The tmpfs pages the run writes count against the cgroup too.
+  disk    — bwrap and unshare: everything writable is the one `disk_mb` tmpfs (plus tiny masks);
+            rlimits: no total (only RLIMIT_FSIZE per file).
 
 At every level the program runs with rlimits (RLIMIT_CPU, AS, NPROC, FSIZE, NOFILE, CORE=0,
 applied by `prlimit` before exec), in its own session killed as a process group on timeout or
@@ -61,6 +74,7 @@ __all__ = [
     "SandboxUnavailable",
     "available_levels",
     "isolation_level",
+    "memory_enforcement",
     "run_many",
     "run_python",
 ]
@@ -71,8 +85,7 @@ LEVELS = ("bwrap", "unshare", "rlimits")  # best first
 _ENV_LEVEL = "CTS_SANDBOX_ISOLATION"
 _ENV_PYTHON = "CTS_SANDBOX_PYTHON"
 _CHILD_ENV = {"PYTHONHASHSEED": "0", "PYTHONUTF8": "1"}
-_SANDBOX_DIR = "/sandbox"  # where the private dir appears inside bwrap
-_UNSHARE_DIR = "/tmp/sandbox"  # where the private dir appears under unshare
+_PRIVATE_DIR = "/tmp/sandbox"  # the private dir (the cwd) under bwrap and unshare
 _ENTRY = "main.py"
 # Private uids: a block per parent process (pid-derived), a slot per concurrent run.
 _UID_BASE, _UID_SLOTS = 1_900_000_000, 64
@@ -96,6 +109,10 @@ class SandboxLimits:
       max_file_mb: RLIMIT_FSIZE, the largest file the program may write.
       max_open_files: RLIMIT_NOFILE.
       max_output_bytes: cap per stream (stdout, stderr); the run is killed when one passes it.
+      total_memory_mb: memory of ALL the run's processes together (a memory cgroup; see
+        `memory_enforcement`). Without a usable cgroup the bound is max_procs × memory_mb.
+      disk_mb: bytes the run may write in all (bwrap, unshare): the private dir and /tmp share
+        one tmpfs of this size; every other writable place is masked (see the module doc).
     """
 
     timeout_s: float = 5.0
@@ -105,10 +122,12 @@ class SandboxLimits:
     max_file_mb: int = 8
     max_open_files: int = 64
     max_output_bytes: int = 64_000
+    total_memory_mb: int = 1024
+    disk_mb: int = 64
 
     def __post_init__(self):
         for name in ("timeout_s", "cpu_s", "memory_mb", "max_procs", "max_file_mb",
-                     "max_open_files", "max_output_bytes"):
+                     "max_open_files", "max_output_bytes", "total_memory_mb", "disk_mb"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"SandboxLimits.{name} must be a positive number, got {value!r}")
@@ -129,6 +148,9 @@ class SandboxResult:
         from one killed by signal N.
       wall_s: seconds from launch to reap.
       isolation: the level it ran under.
+      memory_exceeded: the run's memory cgroup hit total_memory_mb and the kernel killed a process.
+      memory_peak_bytes: the cgroup's peak usage (None without a cgroup, or when the kernel
+        does not keep one).
     """
 
     returncode: int | None
@@ -139,6 +161,8 @@ class SandboxResult:
     killed_by_signal: int | None
     wall_s: float
     isolation: str
+    memory_exceeded: bool = False
+    memory_peak_bytes: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -197,7 +221,8 @@ def _drop_argv(uid: int | None, drop_caps: bool) -> list[str]:
     return argv + ["--no-new-privs", "--pdeathsig=KILL", "--"]
 
 
-def _bwrap_argv(interp: str, workdir: str, uid: int | None, limits: SandboxLimits) -> list[str]:
+def _bwrap_argv(interp: str, files: Mapping[str, int], uid: int | None,
+                limits: SandboxLimits) -> list[str]:
     prefix = os.path.dirname(os.path.dirname(interp))
     argv = ["bwrap", "--die-with-parent", "--new-session"]
     if uid is not None:  # root: privileged bwrap, the uid drop happens in setpriv
@@ -221,26 +246,40 @@ def _bwrap_argv(interp: str, workdir: str, uid: int | None, limits: SandboxLimit
             argv += ["--perms", "0755", "--dir", str(parent)]
     if prefix != "/usr" and not prefix.startswith("/usr/"):
         argv += ["--ro-bind", prefix, prefix]
-    tmp_bytes = 4 * limits.max_file_mb << 20
+    # One size-capped tmpfs holds /tmp (world-writable, sticky, as programs expect) and the
+    # private dir inside it, so disk_mb bounds everything the run can write; the input files are
+    # copied in from fds (nothing of the host dir is bound).
     argv += ["--proc", "/proc", "--dev", "/dev",
-             "--size", str(tmp_bytes), "--tmpfs", "/tmp",
-             "--bind", workdir, _SANDBOX_DIR, "--chdir", _SANDBOX_DIR, "--"]
+             "--size", str(limits.disk_mb << 20), "--perms", "1777", "--tmpfs", "/tmp",
+             "--perms", "0777", "--dir", _PRIVATE_DIR]
+    made = {_PRIVATE_DIR}
+    for name, fd in sorted(files.items()):
+        dest = f"{_PRIVATE_DIR}/{name}"
+        for parent in list(Path(dest).parents)[::-1]:
+            if str(parent).startswith(_PRIVATE_DIR + "/") and str(parent) not in made:
+                argv += ["--perms", "0777", "--dir", str(parent)]
+                made.add(str(parent))
+        argv += ["--perms", "0666", "--file", str(fd), dest]
+    argv += ["--size", str(1 << 20), "--perms", "0755", "--tmpfs", "/dev/shm",
+             "--chdir", _PRIVATE_DIR, "--"]
     return argv
 
 
 def _unshare_argv(interp: str, uid: int | None, limits: SandboxLimits) -> list[str]:
     """unshare + a root-owned setup shell that masks writable/secret dirs, then drops to uid."""
     prefix = os.path.dirname(os.path.dirname(interp))
-    tmp_bytes = 4 * limits.max_file_mb << 20
-    lines = ["set -e", f"mount -t tmpfs -o size={tmp_bytes},mode=1777 tmpfs /tmp"]
-    # The cwd (the private dir, usually under the host /tmp) is still reachable as "." only.
-    lines += [f"mkdir {_UNSHARE_DIR}",
-              f"mount --no-canonicalize --bind /proc/self/cwd {_UNSHARE_DIR}",
-              f"cd {_UNSHARE_DIR}"]
+    # One size-capped tmpfs holds /tmp and the private dir (disk_mb bounds all writes). The cwd
+    # (the host's private dir, usually under the host /tmp) is still reachable as "." only: its
+    # files are copied in, and the host dir is never written by the program.
+    lines = ["set -e", f"mount -t tmpfs -o size={limits.disk_mb << 20},mode=1777 tmpfs /tmp"]
+    lines += [f"mkdir -m 0700 {_PRIVATE_DIR}", f"cp -R . {_PRIVATE_DIR}/"]
+    if uid is not None:
+        lines += [f"chown -R {uid}:{uid} {_PRIVATE_DIR}"]
+    lines += [f"cd {_PRIVATE_DIR}"]
     # Stash the interpreter before $HOME (which may contain it) is masked, re-bind it after.
     lines += [f"mkdir -p /tmp/.cts-python && mount --bind {_sh(prefix)} /tmp/.cts-python"]
     masked = []
-    for d in ("/var/tmp", "/dev/shm", str(Path.home()), os.getcwd()):
+    for d in (*_world_writable_dirs(), "/var/tmp", "/dev/shm", str(Path.home()), os.getcwd()):
         inside_tmp = d == "/tmp" or d.startswith("/tmp/")  # already masked
         if os.path.isdir(d) and d not in ("/", "/usr") and not d.startswith("/usr/") \
                 and not inside_tmp and d not in masked:
@@ -265,13 +304,245 @@ def _sh(s: str) -> str:
     return "'" + s.replace("'", "'\\''") + "'"
 
 
-def _command(level: str, interp: str, workdir: str, uid: int | None,
-             limits: SandboxLimits) -> tuple[list[str], str]:
-    """(argv, cwd) for one run at `level`."""
+_WRITABLE_SCAN_ROOTS = ("/var", "/run", "/dev", "/srv", "/opt", "/home", "/mnt", "/media")
+
+
+@functools.lru_cache(maxsize=None)
+def _world_writable_dirs() -> tuple[str, ...]:
+    """World-writable host dirs (e.g. /run/lock) that the unshare level masks with a tiny tmpfs.
+
+    A bounded scan (3 levels under the usual roots, at most 20 000 dirs, once per process): the
+    private uid could otherwise write to the host disk there. /tmp is masked separately.
+    """
+    found, seen = [], 0
+    for root in _WRITABLE_SCAN_ROOTS:
+        if not os.path.isdir(root) or os.path.islink(root):
+            continue
+        base_depth = root.rstrip("/").count("/")
+        for dirpath, dirnames, _ in os.walk(root):
+            seen += 1
+            if seen > 20_000:
+                return tuple(found)
+            depth = dirpath.rstrip("/").count("/") - base_depth
+            if dirpath.startswith("/proc") or depth >= 3:
+                dirnames[:] = []
+            try:
+                st = os.lstat(dirpath)
+            except OSError:
+                continue
+            if st.st_mode & 0o002 and not os.path.islink(dirpath):
+                found.append(dirpath)
+                dirnames[:] = []  # the mask covers everything below
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+    return tuple(found)
+
+
+# ----------------------------------------------------------------------------- memory cgroup
+
+_cg_counter = itertools.count()
+
+
+def _own_cgroups() -> dict[str, str]:
+    """{controller or "" (v2): path} from /proc/self/cgroup."""
+    out = {}
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":", 2)
+                if len(parts) == 3:
+                    for ctl in (parts[1].split(",") if parts[1] else [""]):
+                        out[ctl] = parts[2]
+    except OSError:
+        pass
+    return out
+
+
+def _cgroup_mounts() -> list[tuple[str, str, str, str]]:
+    """(fstype, mount point, mount root, super options) of the cgroup file systems."""
+    out = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields, tail = left.split(), right.split()
+                if len(tail) >= 3 and tail[0] in ("cgroup", "cgroup2"):
+                    out.append((tail[0], fields[4], fields[3], tail[2]))
+    except OSError:
+        pass
+    return out
+
+
+def _cgroup_dir(mount: str, root: str, path: str) -> str:
+    rel = path[len(root):] if root != "/" and path.startswith(root) else path
+    return os.path.join(mount, rel.lstrip("/"))
+
+
+def _try_child(parent: str, limit_file: str) -> tuple[bool, str]:
+    probe = os.path.join(parent, f"cts-probe-{os.getpid()}-{threading.get_ident()}")
+    try:
+        os.mkdir(probe)
+    except OSError as e:
+        return False, f"cannot create a child of {parent}: {e.strerror}"
+    try:
+        ok = os.path.exists(os.path.join(probe, limit_file))
+        return ok, "ok" if ok else f"{parent} has no memory controller for its children"
+    finally:
+        try:
+            os.rmdir(probe)
+        except OSError:
+            pass
+
+
+_cgroup_probe_lock = threading.Lock()
+
+
+def _memory_cgroup_parent() -> tuple[str, str, str]:
+    """("cgroup2" | "cgroup1" | "", parent dir, reason) — where per-run memory cgroups go."""
+    with _cgroup_probe_lock:  # probed once per process, not concurrently by a pool's threads
+        return _probe_memory_cgroup_parent()
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_memory_cgroup_parent() -> tuple[str, str, str]:
+    own = _own_cgroups()
+    reasons = []
+    for fstype, mount, root, opts in _cgroup_mounts():
+        if fstype == "cgroup2" and "" in own:
+            parent = _cgroup_dir(mount, root, own[""])
+            try:
+                with open(os.path.join(parent, "cgroup.controllers"), encoding="ascii") as f:
+                    has_memory = "memory" in f.read().split()
+            except OSError:
+                has_memory = False
+            if not has_memory:
+                reasons.append(f"cgroup2 at {mount}: no memory controller")
+                continue
+            ok, why = _try_child(parent, "memory.max")
+            if ok:
+                return "cgroup2", parent, "ok"
+            reasons.append(f"cgroup2: {why}")
+        elif fstype == "cgroup" and "memory" in opts.split(",") and "memory" in own:
+            parent = _cgroup_dir(mount, root, own["memory"])
+            ok, why = _try_child(parent, "memory.limit_in_bytes")
+            if ok:
+                return "cgroup1", parent, "ok"
+            reasons.append(f"cgroup1: {why}")
+    return "", "", "; ".join(reasons) or "no cgroup file system mounted"
+
+
+def memory_enforcement(limits: SandboxLimits) -> tuple[str, str]:
+    """How total_memory_mb is enforced here: ("cgroup2" | "cgroup1" | "rlimits", explanation).
+
+    "rlimits" means no memory cgroup can be made (not root, no delegated controller): the run's
+    memory is then bounded only by max_procs processes × memory_mb of address space each.
+    """
+    kind, parent, why = _memory_cgroup_parent()
+    if kind:
+        return kind, f"a {kind} memory cgroup per run under {parent}: {limits.total_memory_mb} MB in all"
+    return "rlimits", (f"no memory cgroup ({why}); bound: max_procs × memory_mb = "
+                       f"{limits.max_procs} × {limits.memory_mb} MB = "
+                       f"{limits.max_procs * limits.memory_mb} MB")
+
+
+class _MemoryCgroup:
+    """A per-run memory cgroup (created before launch, emptied and removed after)."""
+
+    def __init__(self, limits: SandboxLimits):
+        self.kind, parent, _ = _memory_cgroup_parent()
+        self.path = None
+        if not self.kind:
+            return
+        path = os.path.join(parent, f"cts-sbx-{os.getpid()}-{next(_cg_counter)}")
+        limit = str(limits.total_memory_mb << 20)
+        try:
+            os.mkdir(path)
+            if self.kind == "cgroup2":
+                self._write(path, "memory.max", limit)
+                self._write(path, "memory.swap.max", "0", optional=True)
+            else:
+                self._write(path, "memory.limit_in_bytes", limit)
+                self._write(path, "memory.memsw.limit_in_bytes", limit, optional=True)
+                self._write(path, "memory.swappiness", "0", optional=True)
+        except OSError as e:
+            log.warning("could not set up memory cgroup %s: %s", path, e)
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+            return
+        self.path = path
+
+    @staticmethod
+    def _write(path: str, name: str, value: str, optional: bool = False) -> None:
+        try:
+            with open(os.path.join(path, name), "w", encoding="ascii") as f:
+                f.write(value)
+        except OSError:
+            if not optional:
+                raise
+
+    def _read(self, name: str) -> str:
+        try:
+            with open(os.path.join(self.path, name), encoding="ascii") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """argv that first moves itself into the cgroup (so every descendant is in it)."""
+        if self.path is None:
+            return argv
+        procs = os.path.join(self.path, "cgroup.procs")
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', procs, *argv]
+
+    def oom_killed(self) -> bool:
+        if self.path is None:
+            return False
+        text = self._read("memory.events" if self.kind == "cgroup2" else "memory.oom_control")
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key in ("oom_kill", "oom") and value.strip().isdigit() and int(value) > 0:
+                return True
+        return False
+
+    def peak_bytes(self) -> int | None:
+        if self.path is None:
+            return None
+        text = self._read("memory.peak" if self.kind == "cgroup2" else "memory.max_usage_in_bytes")
+        return int(text) if text.strip().isdigit() else None
+
+    def close(self) -> None:
+        """Kill whatever is left in the cgroup and remove it."""
+        if self.path is None:
+            return
+        for _ in range(50):
+            pids = [int(p) for p in self._read("cgroup.procs").split() if p.isdigit()]
+            if not pids:
+                break
+            if self.kind == "cgroup2" and os.path.exists(os.path.join(self.path, "cgroup.kill")):
+                self._write(self.path, "cgroup.kill", "1", optional=True)
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.01)
+        for _ in range(50):
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError:
+                time.sleep(0.01)
+        log.warning("could not remove memory cgroup %s", self.path)
+
+
+def _command(level: str, interp: str, workdir: str, uid: int | None, limits: SandboxLimits,
+             files: Mapping[str, int]) -> tuple[list[str], str]:
+    """(argv, cwd) for one run at `level`; `files`: {relative name: readable fd} (bwrap)."""
     python = _python_argv(interp)
     root = uid is not None
     if level == "bwrap":
-        argv = _bwrap_argv(interp, workdir, uid, limits) + _drop_argv(uid, root) + python
+        argv = _bwrap_argv(interp, files, uid, limits) + _drop_argv(uid, root) + python
     elif level == "unshare":
         argv = _unshare_argv(interp, uid, limits) + _drop_argv(uid, True) + python
     elif level == "rlimits":
@@ -428,6 +699,8 @@ def _run(source: str, *, stdin: bytes, limits: SandboxLimits, level: str,
     interp = _interpreter()
     uid = _next_uid() if _is_root() else None
     workdir = tempfile.mkdtemp(prefix="cts-sbx-")
+    fds: dict[str, int] = {}
+    cgroup = None
     try:
         files = {_ENTRY: source, **(extra_files or {})}
         for name, content in files.items():
@@ -443,21 +716,30 @@ def _run(source: str, *, stdin: bytes, limits: SandboxLimits, level: str,
                     os.chown(os.path.join(root, n), uid, uid)
             os.chown(workdir, uid, uid)
         os.chmod(workdir, 0o700)
-        argv, cwd = _command(level, interp, workdir, uid, limits)
-        return _execute(argv, cwd, stdin, limits, level)
+        if level == "bwrap":  # copied into the sandbox's tmpfs by bwrap itself
+            for name in files:
+                fds[name] = os.open(os.path.join(workdir, name), os.O_RDONLY)
+        argv, cwd = _command(level, interp, workdir, uid, limits, fds)
+        cgroup = _MemoryCgroup(limits)
+        return _execute(cgroup.wrap(argv), cwd, stdin, limits, level, cgroup, list(fds.values()))
     finally:
+        for fd in fds.values():
+            os.close(fd)
+        if cgroup is not None:
+            cgroup.close()
         if uid is not None and level == "rlimits":
             _reap_uid(uid)  # the other levels' pid namespace dies with its first process
         _remove_tree(workdir)
 
 
 def _execute(argv: list[str], cwd: str, stdin: bytes, limits: SandboxLimits,
-             level: str) -> SandboxResult:
+             level: str, cgroup: _MemoryCgroup | None = None,
+             pass_fds: Sequence[int] = ()) -> SandboxResult:
     cap = limits.max_output_bytes
     start = time.monotonic()
     proc = subprocess.Popen(argv, cwd=cwd, env=dict(_CHILD_ENV), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, close_fds=True)
+                            start_new_session=True, close_fds=True, pass_fds=tuple(pass_fds))
     feeder = threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin), daemon=True)
     feeder.start()
     out_buf, err_buf = bytearray(), bytearray()
@@ -523,6 +805,8 @@ def _execute(argv: list[str], cwd: str, stdin: bytes, limits: SandboxLimits,
         killed_by_signal=signum if signum is not None else (signal.SIGKILL if killed else None),
         wall_s=wall,
         isolation=level,
+        memory_exceeded=cgroup.oom_killed() if cgroup is not None else False,
+        memory_peak_bytes=cgroup.peak_bytes() if cgroup is not None else None,
     )
 
 

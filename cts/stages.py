@@ -196,7 +196,12 @@ def teacher_critique(attempts_path: str, teacher_cfg: dict, out_quadruples: str,
 
 def taxonomy_tag(quadruples_path: str, attempts_path: str, out_tagged: str, out_summary: str,
                  log=print) -> None:
-    """Re-tag every critique with the rule-based tagger; keep the teacher's own tag beside it."""
+    """Tag every critique with the rule-based tagger BESIDE the teacher's tag; overwrite nothing.
+
+    Adds `rule_error_type` / `rule_first_error_step` (cts.taxonomy.diagnose) and fills
+    `teacher_error_type` with the teacher's own tag where it is missing; every field the teacher
+    wrote is kept as written. The summary counts the rule tags per split ("unlocalised" included).
+    """
     from cts.taxonomy import diagnose
     from cts.verifiers.outcome import verify_many
 
@@ -212,9 +217,10 @@ def taxonomy_tag(quadruples_path: str, attempts_path: str, out_tagged: str, out_
     for r, (p, a), v in zip(qrows, items, verdicts):
         d = diagnose(p, a, v.code_verdict)
         teacher_tag = r.get("teacher_error_type")
-        if r.get("teacher", "programmatic") != "programmatic" and teacher_tag is None:
+        if teacher_tag is None:
             teacher_tag = r.get("error_type")
-        out.append({**r, "error_type": d.label, "teacher_error_type": teacher_tag, "horizon": p.horizon})
+        out.append({**r, "teacher_error_type": teacher_tag, "rule_error_type": d.label,
+                    "rule_first_error_step": d.step, "horizon": p.horizon})
         counts[(r.get("split"), d.label)] += 1
     atomic_write_jsonl(out_tagged, out)
     summary = {}
@@ -332,8 +338,9 @@ def stats_power(plan_cfg: dict, manifest_paths: dict[str, str], eval_split: str,
 
 def stats_table(eval_files: list[str], metrics_files: list[str], plan_cfg: dict,
                 manifest_paths: dict[str, str], eval_split: str, stats_cfg: dict, out_md: str,
-                out_json: str, fig_dir: str, log=print) -> None:
+                out_json: str, fig_dir: str, tagged_files: list[str] = (), log=print) -> None:
     from cts.stats.table import build_table
+    from cts.stats.teacher_quality import teacher_section
 
     os.makedirs(fig_dir, exist_ok=True)
     build_table(sorted(eval_files), base=plan_cfg["base"], ablation_base=plan_cfg.get("ablation_base"),
@@ -341,7 +348,8 @@ def stats_table(eval_files: list[str], metrics_files: list[str], plan_cfg: dict,
                 power_plan=_power_plan(plan_cfg, manifest_paths, eval_split),
                 seed=stats_cfg["seed"], n_boot=stats_cfg["n_boot"], alpha=stats_cfg["alpha"],
                 out_md=out_md, out_json=out_json, fig_dir=fig_dir,
-                primary=stats_cfg.get("primary_metric", "greedy"))
+                primary=stats_cfg.get("primary_metric", "greedy"),
+                extra_sections=[teacher_section(tagged_files)])
     log(f"table from {len(eval_files)} eval files → {out_md}")
 
 

@@ -23,21 +23,24 @@ code label wrong_output are heuristics (compared with the reference solution); s
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 from cts.tasks.schema import Problem
 from cts.tasks.synthetic import Op, apply_op, code_statement, math_step_line
 from cts.verifiers import math as mv
 
-__all__ = ["MATH_LABELS", "CODE_LABELS", "LABELS", "Diagnosis", "diagnose", "code_steps",
+__all__ = ["MATH_LABELS", "CODE_LABELS", "LABELS", "UNLOCALISED", "Diagnosis", "diagnose", "code_steps",
            "math_steps", "operand_numbers", "parse_straight_line_code"]
 
 MATH_LABELS = ("arithmetic_slip", "wrong_operation", "misread_quantity", "missing_step",
                "wrong_final_answer_extraction")
 CODE_LABELS = ("syntax", "runtime_error", "timeout", "wrong_output", "wrong_algorithm")
-LABELS = ("none", *MATH_LABELS, *CODE_LABELS)
+LABELS = ("none", *MATH_LABELS, *CODE_LABELS)  # the label space a teacher (LLM or rules) may use
+# The rule-based tagger's tag for a wrong attempt with no evidence of where it goes wrong. Not a
+# teacher label (not in LABELS): such quadruples have no step, and no step-level critique id.
+UNLOCALISED = "unlocalised"
 
 _ANNOT = re.compile(r"<<\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*>>")
 _STATEMENT = re.compile(r"^ {4}x = x ([-+*]) (\d+)$")
@@ -45,7 +48,7 @@ _STATEMENT = re.compile(r"^ {4}x = x ([-+*]) (\d+)$")
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """Where and how an attempt goes wrong (step None = correct)."""
+    """Where and how an attempt goes wrong (step None: correct, or wrong and `unlocalised`)."""
 
     correct: bool
     step: int | None
@@ -54,6 +57,10 @@ class Diagnosis:
     n_steps: int
     reason: str = ""
     fix: str | None = None  # the correct text of the flagged step, when known
+
+    @property
+    def unlocalised(self) -> bool:
+        return not self.correct and self.step is None
 
 
 def math_steps(attempt: str) -> list[tuple[int, int]]:
@@ -87,15 +94,14 @@ def _diagnose_math(problem: Problem, attempt: str) -> Diagnosis:
     n = len(spans)
     if mv.is_correct(attempt, problem.answer):
         return Diagnosis(True, None, None, "none", n)
-    checks = mv.check_steps(attempt)
-    for c in checks:
+    program = _ops(problem)
+    if program is None:
+        return _diagnose_free_math(problem, attempt, spans)
+    for c in mv.check_steps(attempt):
         if not c.ok:
             return Diagnosis(False, c.index, c.span, "arithmetic_slip", n,
                              reason=f"the calculation in `{c.line.strip()}` is wrong")
-    program = _ops(problem)
-    if program is not None:
-        return _diagnose_synthetic_math(problem, attempt, spans, program)
-    return _diagnose_free_math(problem, attempt, spans)
+    return _diagnose_synthetic_math(problem, attempt, spans, program)
 
 
 def _diagnose_synthetic_math(problem, attempt, spans, program) -> Diagnosis:
@@ -147,34 +153,47 @@ def operand_numbers(text: str) -> set[str]:
     return out - {None}
 
 
+def _last_computed(attempt: str) -> Fraction | None:
+    """The value of the attempt's last computation (annotation or written equation), if any."""
+    value = None
+    for s, e in math_steps(attempt):
+        for m in re.finditer(r"<<([^<>=]*)=([^<>]*)>>", attempt[s:e]):
+            try:
+                value = mv.evaluate_expression(m.group(1))
+            except ValueError:
+                pass
+    return value
+
+
 def _diagnose_free_math(problem, attempt, spans) -> Diagnosis:
-    """Heuristics for problems without a known program (GSM8K): arithmetic is already clean."""
+    """Problems without a known program (GSM8K): flag a step only with evidence.
+
+    Evidence is the first step that fails the derived-operand check (`mv.step_credits`: a wrong
+    annotation or written equation, an operand that appears nowhere, a stated number nothing
+    derives), or an answer line that contradicts the attempt's own last computed value when that
+    value is the right answer. Anything else is `unlocalised`: the answer is wrong, every
+    checkable thing is right, and nothing says where.
+    """
     n = len(spans)
-    ref_steps = mv.split_steps(problem.reference)
-    last_result = None
-    known = operand_numbers(problem.prompt)
-    for i, (s, e) in enumerate(spans):
-        line = attempt[s:e]
-        for m in re.finditer(r"<<([^=<>]*)=([^<>]*)>>", line):
-            operands = operand_numbers(m.group(1))
-            if operands - known - {"1", "2", "100", "12", "60", "7", "24", "10"}:
-                return Diagnosis(False, i, (s, e), "misread_quantity", n,
-                                 reason=f"step {i + 1} uses a number found neither in the problem "
-                                        f"nor in an earlier step")
-            known |= operand_numbers(m.group(2))
-            last_result = mv.normalize_answer(m.group(2))
-    final = mv.normalize_answer(mv.extract_answer(attempt)) if "####" in attempt else None
-    if last_result is not None and (final is None or final != last_result) \
-            and mv.answers_match(last_result, problem.answer):
+    for c in mv.step_credits(problem.prompt, attempt):
+        if not c.ok:
+            if c.bad_operand is not None and "uses" in c.reason:
+                label = "misread_quantity"
+            else:
+                label = "arithmetic_slip"
+            return Diagnosis(False, c.index, c.span, label, n,
+                             reason=f"in step {c.index + 1} `{attempt[c.span[0]:c.span[1]]}`: {c.reason}")
+    last = _last_computed(attempt)
+    final = mv.extract_answer(attempt) if "####" in attempt else None
+    if last is not None and mv.answers_match(mv.format_value(last), problem.answer) \
+            and not mv.answers_match(final, problem.answer):
+        what = "is missing" if final is None else f"says {final.strip()}"
         return Diagnosis(False, n, _answer_line_span(attempt), "wrong_final_answer_extraction", n,
-                         reason="the last computed value is right but the final answer line is not")
-    if n < len(ref_steps):
-        return Diagnosis(False, n, _answer_line_span(attempt), "missing_step", n,
-                         reason=f"the solution has {n} steps where {len(ref_steps)} are needed")
-    k = max(0, n - 1)
-    span = spans[k] if spans else _answer_line_span(attempt)
-    return Diagnosis(False, k if spans else n, span, "wrong_operation", n,
-                     reason="the computations are valid but combine the quantities wrongly")
+                         reason=f"the last computed value is {mv.format_value(last)} but the final "
+                                f"answer line {what}", fix=f"#### {mv.format_value(last)}")
+    return Diagnosis(False, None, None, UNLOCALISED, n,
+                     reason="every computation is right and uses given or derived quantities, so "
+                            "no step shows where the wrong answer comes from")
 
 
 # ----------------------------------------------------------------------------- code
@@ -233,18 +252,10 @@ def _diagnose_code(problem: Problem, attempt: str, verdict) -> Diagnosis:
         if step is not None:
             return Diagnosis(False, step, spans[step], label, n,
                              reason=f"line {line_no} `{lines[line_no - 1].strip()}` fails ({label})")
-    # no line number: the first line that differs from the reference solution
-    ref = problem.reference.split("\n")
-    for i, (s, e) in enumerate(spans):
-        text = attempt[s:e]
-        if text not in (r.strip() for r in ref):
-            close = difflib.get_close_matches(text, ref, n=1)
-            return Diagnosis(False, i, (s, e), label, n,
-                             reason=f"`{text.strip()}` does not do what the task needs",
-                             fix=close[0] if close else None)
-    k = max(0, n - 1)
-    return Diagnosis(False, k, spans[k] if spans else (0, len(attempt)), label, n,
-                     reason=f"the program fails its tests ({label})")
+    # No line of the attempt is named by the failure (a wrong value, a timeout): a guess such as
+    # "the first line that differs from the reference" is not evidence, so nothing is flagged.
+    return Diagnosis(False, None, None, UNLOCALISED, n,
+                     reason=f"the program fails its tests ({label}) and no line is named by the failure")
 
 
 def _error_line(message: str) -> int | None:

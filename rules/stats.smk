@@ -26,6 +26,7 @@ rule stats_table:
         provenance="results/audit/provenance.json",
         metrics=get_metrics_files(),
         manifests=expand("results/splits/{task}/manifest.json", task=TASKS),
+        tagged=expand("results/taxonomy/{task}/tagged.jsonl", task=TASKS),  # teacher notes, κ
     output:
         md="results/table.md",
         json="results/table.json",

@@ -5,4 +5,4 @@ from cts.stages import stats_table
 
 i, o, p = snakemake.input, snakemake.output, snakemake.params
 stats_table(list(i.evals), list(i.metrics), p.plan, dict(zip(p.tasks, i.manifests)), p.eval_split,
-            p.stats, o.md, o.json, o.figures, log=log)
+            p.stats, o.md, o.json, o.figures, tagged_files=list(i.tagged), log=log)

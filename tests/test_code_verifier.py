@@ -125,7 +125,7 @@ def test_humaneval_form():
     v = verify_code(p, "def total(xs):\n    return sum(xs) + 1\n")
     assert (v.passed, v.total, v.error_type) == (0, 1, "wrong_output")
     v = verify_code(p, "def totl(xs):\n    return sum(xs)\n")  # wrong name
-    assert (v.passed, v.error_type) == (0, "runtime") and "KeyError" in v.first_failure
+    assert (v.passed, v.error_type) == (0, "runtime") and "name 'total' is not defined" in v.first_failure
     with pytest.raises(DataError, match="entry_point"):
         verify_code(_problem([HE_CHECK]), "")
 
@@ -225,3 +225,197 @@ def test_mbpp_reference_all_pass():
     failed = {p.id: (v.error_type, v.first_failure) for (p, _), v in zip(items, vs) if not v.all_passed}
     print(f"MBPP references: {len(items) - len(failed)}/{len(items)} pass; failures: {failed}")
     assert failed == {}
+
+
+# ----------------------------------------------------------------------------- forging (issue 13)
+# Each program below tries to forge passes on a problem it cannot solve (the expected values are
+# arbitrary). The verdict is decided by the trusted parent from plain data, so each must score 0,
+# at every isolation level that works here.
+
+SECRET = _problem(["assert secret(1) == 7391", "assert secret(2) == 1187",
+                   "assert secret(3) == (4420, 'q')"], pid="secret")
+SECRET_CALL = _problem([{"fn_name": "secret", "inputs": [[1], [2], [3]],
+                         "outputs": [7391, 1187, [4420, "q"]]}], pid="secret-call")
+SECRET_HE = _problem([textwrap.dedent("""
+    def check(candidate):
+        assert candidate(1) == 7391
+        assert candidate(2) == 1187
+    """)], entry_point="secret", pid="secret-he")
+
+# Walk every frame above the candidate: call anything that looks like a report function, mark
+# anything that looks like a result true, and copy any expected value it can find into a table.
+_FRAME_WALKER = r'''
+import sys, json, ast, re
+TABLE = {}
+def _scan(obj, depth=0):
+    if depth > 4:
+        return
+    if isinstance(obj, str):
+        for m in re.finditer(r"secret\((\d+)\)\s*==\s*(.+)$", obj, re.M):
+            try:
+                TABLE[int(m.group(1))] = ast.literal_eval(m.group(2).strip())
+            except Exception:
+                pass
+    elif isinstance(obj, dict):
+        for k, v in list(obj.items()):
+            if isinstance(v, bool) or k in ("ok", "passed"):
+                try:
+                    obj[k] = True
+                except Exception:
+                    pass
+            _scan(v, depth + 1)
+        if "inputs" in obj and "outputs" in obj:
+            for a, w in zip(obj["inputs"], obj["outputs"]):
+                TABLE[a[0] if isinstance(a, list) else a] = w
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _scan(v, depth + 1)
+f = sys._getframe(0)
+while f is not None:
+    for name, value in list(f.f_locals.items()):
+        _scan(value)
+        if callable(value) and any(s in name.lower() for s in ("report", "emit", "send", "write")):
+            for i in range(3):
+                for kw in ({"kind": "test", "i": i, "ok": True}, {"kind": "result", "t": i, "ok": True}):
+                    try:
+                        value(**kw)
+                    except Exception:
+                        pass
+    f = f.f_back
+def secret(x):
+    return TABLE.get(x, -1)
+'''
+
+_ALWAYS_EQUAL = '''
+class Anything:
+    def __eq__(self, other): return True
+    def __ne__(self, other): return False
+    __hash__ = object.__hash__
+def secret(x):
+    return Anything()
+'''
+
+_SUBCLASSES = {
+    "int": "class I(int):\n    def __eq__(s, o): return True\n    __hash__ = int.__hash__\n"
+           "def secret(x):\n    return I(0)\n",
+    "str": "class S(str):\n    def __eq__(s, o): return True\n    __hash__ = str.__hash__\n"
+           "def secret(x):\n    return S('')\n",
+    "list": "class L(list):\n    def __eq__(s, o): return True\n"
+            "def secret(x):\n    return L()\n",
+    "tuple": "class T(tuple):\n    def __eq__(s, o): return True\n    __hash__ = tuple.__hash__\n"
+             "def secret(x):\n    return T()\n",
+}
+
+_PATCHERS = {
+    # every assert "passes": the exception the harness would see is swallowed by a patched builtin
+    "assert": "import builtins\nclass _Never(BaseException): pass\nbuiltins.AssertionError = _Never\n"
+              "def secret(x):\n    return 0\n",
+    # a print that turns every line into a pass
+    "print": "import builtins, json\n_p = builtins.print\n"
+             "def print(*a, **k):\n    _p('ok', json.dumps({'kind': 'test', 'i': 0, 'ok': True}), **k)\n"
+             "builtins.print = print\ndef secret(x):\n    return 0\n",
+    # json.dumps rewrites every record the harness writes as a pass
+    "json": "import json\n_d = json.dumps\n"
+            "def dumps(obj, *a, **k):\n    if isinstance(obj, dict):\n"
+            "        obj = {**obj, 'ok': True, 'err': None, 'msg': None}\n    return _d(obj, *a, **k)\n"
+            "json.dumps = dumps\ndef secret(x):\n    return 0\n",
+    # sys.exit / os._exit rewired to a clean exit, then called
+    "sys.exit": "import sys, os\nsys.exit = lambda *a: os._exit(0)\ndef secret(x):\n    sys.exit(1)\n",
+    # os.write rewritten so any record reads as a pass
+    "os.write": "import os\n_w = os.write\n"
+                "def write(fd, data):\n    return _w(fd, data.replace(b'false', b'true'))\n"
+                "os.write = write\ndef secret(x):\n    return 0\n",
+}
+
+_EARLY_EXIT = "import os\nos._exit(0)\n"
+
+_FAKE_REPORT = r'''
+import json, sys
+for i in range(3):
+    for rec in ({"kind": "test", "i": i, "ok": True}, {"kind": "hole", "t": i, "h": 0, "v": 7391}):
+        print("@@" + "0" * 32 + "@@ " + json.dumps(rec))
+        print(json.dumps(rec))
+print("3/3 passed")
+sys.stdout.flush()
+def secret(x):
+    return 0
+'''
+
+_WRITE_EXPECTED = r'''
+import json, os
+# write every file a naive harness might read its expected values or verdicts from
+for name in ("spec.json", "expected.json", "expected_output.txt", "results.json", "report.json",
+             "verdict.json", "/tmp/expected.json"):
+    try:
+        with open(name, "w") as f:
+            json.dump({"passed": 3, "total": 3, "ok": True, "outputs": [0, 0, 0]}, f)
+    except OSError:
+        pass
+def secret(x):
+    return 0
+'''
+
+FORGERIES = {"frame_walk": _FRAME_WALKER, "always_equal": _ALWAYS_EQUAL,
+             **{f"subclass_{k}": v for k, v in _SUBCLASSES.items()},
+             **{f"patched_{k}": v for k, v in _PATCHERS.items()},
+             "early_os_exit": _EARLY_EXIT, "fake_report": _FAKE_REPORT,
+             "write_expected": _WRITE_EXPECTED}
+
+
+@pytest.fixture(params=["bwrap", "unshare"])
+def ns_level(request):
+    import cts.sandbox as sb
+
+    ok, why = sb._probe(request.param)
+    if not ok:
+        pytest.skip(f"isolation level {request.param!r} unavailable here: {why}")
+    return request.param
+
+
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+@pytest.mark.parametrize("problem", [SECRET, SECRET_CALL, SECRET_HE], ids=lambda p: p.id)
+def test_forgeries_score_zero(name, problem, ns_level):
+    v = verify_code(problem, FORGERIES[name], limits=QUICK, isolation=ns_level)
+    assert v.passed == 0 and not v.all_passed, (name, v)
+
+
+def test_an_honest_solution_of_the_secret_problem_passes(ns_level):
+    code = "def secret(x):\n    return {1: 7391, 2: 1187, 3: (4420, 'q')}[x]\n"
+    for p in (SECRET, SECRET_HE):
+        assert verify_code(p, code, isolation=ns_level).all_passed
+    call = "def secret(x):\n    return {1: 7391, 2: 1187, 3: [4420, 'q']}[x]\n"
+    assert verify_code(SECRET_CALL, call, isolation=ns_level).all_passed
+
+
+def test_plain_values_compare_as_python_would():
+    # tuple vs list and 1 vs True are distinct answers for an assert, as in Python itself
+    p = _problem(["assert g() == (1, 2)", "assert g() != [1, 2]", "assert h() == 1.5",
+                  "assert math.isclose(h(), 1.5000001, rel_tol=1e-3)", "assert set(k()) == {3, 4}",
+                  "assert not z()", "assert sorted(k()) == [3, 4]", "assert abs(h() - 1.5) < 1e-9"])
+    code = "import math\ndef g():\n    return (1, 2)\ndef h():\n    return 1.5\n" \
+           "def k():\n    return [4, 3]\ndef z():\n    return []\n"
+    assert verify_code(p, code).all_passed
+    # an answer that is right only under a forgeable comparison fails
+    v = verify_code(p, "import math\ndef g():\n    return [1, 2]\ndef h():\n    return 1.5\n"
+                       "def k():\n    return [4, 3]\ndef z():\n    return []\n")
+    assert (v.passed, v.error_type) == (6, "wrong_output")
+
+
+def test_unrepresentable_return_value_is_a_wrong_answer():
+    v = verify_code(ADD, "def add(a, b):\n    return object()\n")
+    assert (v.passed, v.error_type) == (0, "wrong_output") and "plain data" in v.first_failure
+
+
+def test_shadowing_trusted_names_does_not_move_the_expected_side():
+    # A candidate that defines `set`, `math` or `sorted` itself would, if that made them its own,
+    # compute both sides of `set(f(x)) == set([...])`. They stay trusted (the reference defines
+    # none of them), so these forgeries still score 0.
+    p = _problem(["assert set(secret(1)) == set([7, 3, 9])", "assert math.isclose(secret(2), 2.718)",
+                  "assert sorted(secret(3)) == sorted([5, 1])"], pid="shadow")
+    forger = "class math:\n    isclose = staticmethod(lambda *a, **k: True)\n" \
+             "def set(x):\n    return 0\ndef sorted(x):\n    return 0\ndef secret(x):\n    return 0\n"
+    assert verify_code(p, forger).passed == 0
+    # ...while a solution's own function that shadows a builtin is the solution's (MBPP 126: `sum`)
+    q = Problem(id="own-sum", task="mbpp", kind="code", prompt="", tests=["assert sum(10, 15) == 6"],
+                reference="def sum(a, b):\n    return 6\n")
+    assert verify_code(q, "def sum(a, b):\n    return 6\n").all_passed

@@ -33,5 +33,11 @@ def test_gsm8k_and_mbpp_reach_the_taxonomy(tmp_path):
         assert wrong, task  # a 2-step base policy solves nothing: every attempt is critiqued
         for r in wrong:
             assert r["critique"] and r["revision"] and r["error_type"] != "none"
+            assert r["rule_error_type"] is not None and r["teacher_error_type"] is not None
+            if r["unlocalised"]:  # no evidence of where: no step, no span, said so, counted
+                assert r["error_span"] is None and r["first_error_step"] is None
+                assert "could not be located" in r["critique"]
+                continue
             s, e = r["error_span"]
             assert 0 <= s <= e <= len(r["attempt"])
+        print(f"{task}: {len(wrong)} wrong attempts, {sum(r['unlocalised'] for r in wrong)} unlocalised")

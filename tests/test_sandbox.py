@@ -8,6 +8,7 @@ isolation by design, so the tests of those properties skip it.
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import socket
@@ -375,3 +376,118 @@ def test_private_dir_removed_even_when_made_unreadable(private_base):
            "os.chmod('a/b', 0)\nos.chmod('a', 0)\n")
     assert run_python(src).returncode == 0
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- caps on the whole run
+# (issue 13) Per-process rlimits let several processes hold several times memory_mb, and let a
+# program write to the host disk through its private dir. The run as a whole is capped now.
+
+@pytest.fixture(params=["bwrap", "unshare"])
+def ns_level(request):
+    ok, why = sb._probe(request.param)
+    if not ok:
+        pytest.skip(f"isolation level {request.param!r} unavailable here: {why}")
+    return request.param
+
+
+_HOG = textwrap.dedent("""
+    import os, sys, time
+    CHUNK = 96 * 1024 * 1024
+    r, w = os.pipe()
+    kids = []
+    for _ in range(6):  # 6 x 96 MB: several times the run's total, each under the per-process cap
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            data = b"x" * CHUNK  # touched, so it is resident
+            os.write(w, b"h")
+            time.sleep(3)
+            os._exit(0)
+        kids.append(pid)
+    os.close(w)
+    time.sleep(2.5)  # every survivor is holding its chunk now
+    held = 0
+    os.set_blocking(r, False)
+    try:
+        held = len(os.read(r, 100))
+    except BlockingIOError:
+        pass
+    alive = 0
+    for pid in kids:
+        try:
+            os.kill(pid, 0)
+            alive += 1
+        except ProcessLookupError:
+            pass
+    print(held, alive, flush=True)
+    """)
+
+
+def test_multiprocess_memory_hog_is_stopped_at_the_run_total(ns_level):
+    limits = SandboxLimits(timeout_s=10.0, cpu_s=10, memory_mb=256, total_memory_mb=200)
+    if sb.memory_enforcement(limits)[0] == "rlimits":
+        pytest.skip(f"no memory cgroup here: {sb.memory_enforcement(limits)[1]}")
+    r = run_python(_HOG, limits=limits, isolation=ns_level)
+    # Either the whole run was stopped by the cgroup's OOM kill, or the children that got past
+    # their allocation cannot together exceed the total.
+    if r.returncode == 0:
+        held, _alive = map(int, r.stdout.split())
+        assert held * 96 <= 200, r
+    else:
+        assert r.memory_exceeded, r
+    assert r.memory_exceeded, "the cgroup never had to act: the test did not exercise the cap"
+    assert r.memory_peak_bytes is not None and r.memory_peak_bytes <= 200 * 2**20
+
+
+def test_memory_enforcement_is_reported():
+    kind, why = sb.memory_enforcement(SandboxLimits())
+    assert kind in ("cgroup2", "cgroup1", "rlimits") and why
+    if kind == "rlimits":  # the documented bound: every process at its address-space cap
+        assert str(SandboxLimits().max_procs * SandboxLimits().memory_mb) in why
+
+
+_FILLER = textwrap.dedent("""
+    import json, os
+    MB = b"z" * (1 << 20)
+    written = {}
+    # many files, each under the per-file cap, so only a total cap can stop it
+    for d in (".", "/tmp", "/var/tmp", "/dev/shm", "/run/lock"):
+        n = 0
+        try:
+            for i in range(400):
+                with open(os.path.join(d, "fill%d" % i), "wb") as f:
+                    for _ in range(4):
+                        f.write(MB)
+                        f.flush()
+                        n += 1
+        except OSError as e:
+            pass
+        written[d] = n
+    print(json.dumps(written))
+    """)
+
+
+def test_disk_filler_is_stopped_at_the_run_total(ns_level, private_base):
+    limits = SandboxLimits(timeout_s=20.0, cpu_s=20, disk_mb=24, max_file_mb=8, total_memory_mb=512)
+    before = shutil.disk_usage(private_base).used
+    r = run_python(_FILLER, limits=limits, isolation=ns_level)
+    assert r.returncode == 0, r
+    written = json.loads(r.stdout)
+    # the private dir and /tmp share one tmpfs of disk_mb; the other dirs are not writable or tiny
+    assert written["."] + written["/tmp"] <= 24, written
+    assert written["."] > 0  # the private dir itself is writable
+    for d in ("/var/tmp", "/dev/shm", "/run/lock"):
+        assert written[d] <= 1, (d, written)
+    assert shutil.disk_usage(private_base).used - before < 16 << 20  # nothing landed on the host
+
+
+def test_tmp_is_writable_and_private(ns_level):
+    src = textwrap.dedent("""
+        import os, tempfile
+        p = os.path.join(tempfile.gettempdir(), "scratch.txt")
+        with open(p, "w") as f:
+            f.write("hello")
+        print(open(p).read(), sorted(os.listdir("/tmp")).count("scratch.txt"))
+        """)
+    r = run_python(src, isolation=ns_level)
+    assert (r.returncode, r.stdout.split()) == (0, ["hello", "1"]), r

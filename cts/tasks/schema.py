@@ -102,9 +102,18 @@ class Quadruple:
       first_error_step: 0-based index of the first wrong step of y⁰ (None if correct).
       error_span: [start, end) character span of that step inside `attempt` (None if correct).
       n_steps: number of steps in y⁰ (lines for math, statements for code).
-      error_type: the rule-based taxonomy tag (see cts.taxonomy), "none" when correct.
+      error_type: the teacher's tag (the programmatic teacher's is the rule-based one; an LLM
+        teacher's is its own or its error_classifier's), "none" when correct.
       teacher: which teacher produced it ("programmatic", "anthropic:<model>", ...).
-      teacher_error_type: the teacher's own tag (LLM teachers), kept beside the rule-based one.
+      teacher_error_type: the teacher's own tag, kept beside the rule-based one.
+      unlocalised: the attempt is wrong but the teacher found no evidence of WHERE (no wrong
+        computation, no operand that appears nowhere, no contradiction): first_error_step and
+        error_span are None, error_type is "unlocalised", and the revision is the reference
+        solution. Such quadruples are kept and counted; terms that need a location must skip
+        them (the step is None), terms that need only (x, y⁰, f, y¹) may use them.
+      rule_error_type, rule_first_error_step: the rule-based tagger's tag and step, written by the
+        taxonomy stage BESIDE the teacher's (None before that stage); nothing the teacher wrote
+        is overwritten.
     """
 
     problem_id: str
@@ -119,6 +128,9 @@ class Quadruple:
     error_type: str = "none"
     teacher: str = "programmatic"
     teacher_error_type: str | None = None
+    unlocalised: bool = False
+    rule_error_type: str | None = None
+    rule_first_error_step: int | None = None
 
     def __post_init__(self):
         where = f"quadruple for {self.problem_id!r}"
@@ -126,8 +138,17 @@ class Quadruple:
             s, e = self.error_span
             _check(0 <= s <= e <= len(self.attempt), where,
                    f"error_span {self.error_span} outside attempt of length {len(self.attempt)}")
-        _check(self.attempt_correct == (self.first_error_step is None), where,
-               "first_error_step must be None exactly when the attempt is correct")
+        _check(not (self.unlocalised and self.attempt_correct), where,
+               "a correct attempt cannot be unlocalised")
+        _check((self.attempt_correct or self.unlocalised) == (self.first_error_step is None), where,
+               "first_error_step must be None exactly when the attempt is correct or unlocalised")
+        _check(not self.unlocalised or self.error_span is None, where,
+               "an unlocalised quadruple has no error_span")
+
+    @property
+    def localised(self) -> bool:
+        """A wrong attempt whose first error has a step (what location-needing terms may use)."""
+        return not self.attempt_correct and not self.unlocalised
 
     def to_row(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,9 +1,20 @@
-"""The offline, key-free default teacher: re-checks each step, names the first wrong one, revises.
+"""The offline, key-free default teacher: flags the first wrong step it has evidence for, revises.
 
 Critique f: names the flagged step, says what is wrong with it and (when known) what it should be.
-Revision y¹: the attempt up to the flagged step, then a correct continuation —
-  synthetic tasks: recomputed from the known program (exact);
-  GSM8K: the reference solution's steps from the flagged index on (its own numbers);
+A step is flagged only with evidence (cts.taxonomy.diagnose): a wrong calculation, an operand that
+appears nowhere, a stated number nothing derives, an answer line that contradicts the attempt's
+own result, a traceback line (code), or the known program (synthetic tasks). Without evidence the
+quadruple is `unlocalised` (first_error_step and error_span None): kept and counted, and the
+critique says the error could not be located.
+
+Revision y¹:
+  synthetic tasks: the attempt up to the flagged step, then the rest recomputed from the program;
+  GSM8K: the attempt's own steps before the flagged one, then the reference's steps from the
+    first one whose operands the kept prefix (with the prompt) derives — the whole revision must
+    pass the derived-operand check (`mv.step_credits`) and end in the answer its last step
+    computes; if no such continuation exists (or the attempt is unlocalised) the revision is the
+    whole reference solution, and the critique says so. An answer is never pasted without its
+    derivation;
   code without a known program: the reference solution.
 A correct attempt gets the critique "All steps are correct." and y¹ = y⁰.
 """
@@ -35,13 +46,28 @@ def _synthetic_math_revision(problem: Problem, attempt: str, d: Diagnosis) -> st
     return "\n".join(lines + [f"#### {value}"])
 
 
-def _free_math_revision(problem: Problem, attempt: str, d: Diagnosis) -> str:
-    spans = math_steps(attempt)
+def _derived(problem: Problem, text: str) -> bool:
+    """Every step passes the derived-operand check and the final answer is right."""
+    credits = mv.step_credits(problem.prompt, text)
+    return bool(credits) and all(c.ok for c in credits) and mv.is_correct(text, problem.answer)
+
+
+def _free_math_revision(problem: Problem, attempt: str, d: Diagnosis) -> tuple[str, bool]:
+    """(revision, continues_the_attempt). See the module docstring."""
     ref = problem.reference
     ref_spans = mv.split_steps(ref)
-    keep = [attempt[s:e] for s, e in spans[: d.step]]
-    rest = [ref[s:e] for s, e in ref_spans[len(keep):]]
-    return "\n".join(keep + rest + [f"#### {problem.answer}"])
+    answer_line = f"#### {problem.answer}"
+    if d.step is not None:
+        keep = [attempt[s:e] for s, e in math_steps(attempt)[: d.step]]
+        # the latest reference step whose continuation the kept prefix derives (largest j first)
+        for j in range(min(len(keep), len(ref_spans)), -1, -1):
+            if not keep and j == 0:
+                break  # nothing of the attempt to keep: that is the whole reference
+            rest = [ref[s:e] for s, e in ref_spans[j:]]
+            candidate = "\n".join(keep + rest + [answer_line])
+            if _derived(problem, candidate):
+                return candidate, True
+    return ref, False
 
 
 def _code_revision(problem: Problem, attempt: str, d: Diagnosis) -> str:
@@ -54,33 +80,47 @@ def _code_revision(problem: Problem, attempt: str, d: Diagnosis) -> str:
 
 
 def revise(problem: Problem, attempt: str, d: Diagnosis) -> str:
+    return _revise(problem, attempt, d)[0]
+
+
+def _revise(problem: Problem, attempt: str, d: Diagnosis) -> tuple[str, bool]:
+    """(revision, whether it continues the attempt's own prefix)."""
     if d.correct:
-        return attempt
+        return attempt, True
     if problem.kind == "code":
-        return _code_revision(problem, attempt, d)
+        if d.step is None and "ops" not in problem.meta:
+            return problem.reference, False
+        return _code_revision(problem, attempt, d), "ops" in problem.meta
     if "ops" in problem.meta:
-        return _synthetic_math_revision(problem, attempt, d)
+        return _synthetic_math_revision(problem, attempt, d), True
     return _free_math_revision(problem, attempt, d)
 
 
-def _critique_text(d: Diagnosis) -> str:
+def _critique_text(d: Diagnosis, continues: bool) -> str:
     if d.correct:
         return "All steps are correct."
-    where = "The final answer line" if d.step >= d.n_steps else f"Step {d.step + 1}"
-    text = f"{where} is wrong ({d.label.replace('_', ' ')}): {d.reason}."
-    if d.fix is not None:
-        text += f" It should be: {d.fix.strip()}"
+    if d.step is None:
+        text = f"The attempt is wrong, but the error could not be located: {d.reason}."
+    else:
+        where = "The final answer line" if d.step >= d.n_steps else f"Step {d.step + 1}"
+        text = f"{where} is wrong ({d.label.replace('_', ' ')}): {d.reason}."
+        if d.fix is not None:
+            text += f" It should be: {d.fix.strip()}"
+    if not continues:
+        text += " The revision is the reference solution, not a continuation of this attempt."
     return text
 
 
 def critique(problem: Problem, attempt: str, code_verdict=None) -> Quadruple:
     d = diagnose(problem, attempt, code_verdict)
+    revision, continues = _revise(problem, attempt, d)
     return Quadruple(
         problem_id=problem.id, prompt=problem.prompt, attempt=attempt,
-        critique=_critique_text(d), revision=revise(problem, attempt, d),
+        critique=_critique_text(d, continues), revision=revision,
         attempt_correct=d.correct, first_error_step=d.step,
         error_span=list(d.span) if d.span is not None else None, n_steps=d.n_steps,
-        error_type=d.label, teacher=TEACHER_NAME,
+        error_type=d.label, teacher=TEACHER_NAME, teacher_error_type=d.label,
+        unlocalised=d.unlocalised,
     )
 
 

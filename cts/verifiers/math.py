@@ -53,7 +53,13 @@ __all__ = [
     "Annotation",
     "StepCheck",
     "answers_match",
+    "StepCredit",
+    "UNIT_CONSTANTS",
+    "is_known",
     "check_steps",
+    "claim_matches",
+    "computational_steps",
+    "derived_prefix",
     "evaluate_expression",
     "extract_answer",
     "first_error_step",
@@ -62,11 +68,13 @@ __all__ = [
     "normalize_answer",
     "parse_annotation_number",
     "split_steps",
+    "step_credits",
+    "text_numbers",
 ]
 
 # Bump whenever any function here could return a different result for the same input:
 # it goes into the fairness fingerprints of every run that used this verifier.
-VERIFIER_VERSION = "math-1"
+VERIFIER_VERSION = "math-2"  # math-2: derived-operand step check; code verdicts decided in the parent
 
 # A number as written in prose: thousands-grouped or plain digits, optional decimals, or `.5`.
 _NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+)(?:\.\d+)?|\.\d+"
@@ -488,3 +496,344 @@ def first_error_step(solution: str) -> int | None:
         if not check.ok:
             return check.index
     return None
+
+
+# ------------------------------------------------------------------------------------------
+# Derived-operand step check (the B3 step score)
+# ------------------------------------------------------------------------------------------
+#
+# A step earns credit when every computation in it is right AND uses only known quantities:
+# numbers of the prompt (digits with `$`, `%`, thousands separators, leading-dot decimals and
+# fractions, and number words such as "three", "half", "twice", "a dozen"), numbers stated in
+# earlier steps or earlier in the same step, and a short list of unit constants. Computations are
+# calculator annotations `<<a*b=c>>` and, outside them, written equations `a * b = c`. A
+# step with no computation but a new number ("Half of them, 24, are red") earns credit when that
+# number is one operation (+ - * /) away from two known quantities (or a known one and a unit
+# constant); a step with no computation and no new number is prose: it neither earns nor breaks.
+# A claimed result matches when it is exact, rounded to the decimals it shows, or within a
+# relative 1e-9 (Python-float print-outs such as `<<4.2*7=29.400000000000002>>`).
+
+_WORD_NUMBERS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+    "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
+    "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20,
+    "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90,
+    "hundred": 100, "thousand": 1000, "million": 1_000_000, "billion": 1_000_000_000,
+    "dozen": 12, "dozens": 12, "score": 20, "pair": 2, "pairs": 2, "couple": 2,
+    "half": Fraction(1, 2), "halves": Fraction(1, 2), "twice": 2, "double": 2, "doubled": 2,
+    "doubles": 2, "triple": 3, "tripled": 3, "triples": 3, "thrice": 3, "quadruple": 4,
+    "quadrupled": 4, "third": Fraction(1, 3), "thirds": Fraction(1, 3),
+    "quarter": Fraction(1, 4), "quarters": Fraction(1, 4), "fourth": Fraction(1, 4),
+    "fourths": Fraction(1, 4), "fifth": Fraction(1, 5), "fifths": Fraction(1, 5),
+    "sixth": Fraction(1, 6), "sixths": Fraction(1, 6), "seventh": Fraction(1, 7),
+    "eighth": Fraction(1, 8), "eighths": Fraction(1, 8), "ninth": Fraction(1, 9),
+    "tenth": Fraction(1, 10), "tenths": Fraction(1, 10), "percent": Fraction(1, 100),
+    "once": 1, "single": 1, "both": 2, "hour": 60, "hours": 60, "minute": 60, "minutes": 60,
+    "week": 7, "weeks": 7, "day": 24, "days": 24, "year": 12, "years": 12, "month": 30,
+    "months": 30, "cents": 100, "cent": 100, "feet": 12, "foot": 12, "yard": 3, "yards": 3,
+    "dime": 10, "dimes": 10, "nickel": 5, "nickels": 5, "quarter-hour": 15,
+    "weekday": 5, "weekdays": 5, "weekend": 2, "weekends": 2, "gallon": 128, "gallons": 4,
+    "quart": 32, "quarts": 32, "pound": 16, "pounds": 16, "inch": 12, "inches": 12,
+}
+# Quantities a solution may use without the prompt stating them: the unit conversions GSM8K's
+# solutions use (time, money, length, weight, volume), halves and percents, and the small counts
+# gold solutions derive in their head (`4 friends + him = 5`, `Monday to Saturday = 6`, 8 pints).
+UNIT_CONSTANTS = frozenset(Fraction(v) for v in (
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 24, 30, 31, 52, 60, 100, 365, 1000, 16, 5280, 36)) | {
+    Fraction(1, 100), Fraction(1, 2)}
+_TEXT_NUMBER = re.compile(
+    r"(?<![\w.])(?P<num>\d{1,3}(?:,\d{3})+(?!\d|,\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+    r"(?:\s*/\s*(?P<den>\d+)(?![\d.]))?(?P<pct>\s*%)?")
+_WORD = re.compile(r"[A-Za-z][A-Za-z-]*")
+# A run of arithmetic text containing `=`: `48/2 = 24`, `2 * 225 + 2 * 125 = 450 + 250 = 700`.
+_INLINE_CHAIN = re.compile(r"[-−(]?\s*\$?\s*(?:\d|\.\d)[\d.,\s$%()xX×*/÷+\-−^=]*(?:\d|\)|%)")
+_WRITTEN_COPY = re.compile(r"[\d\s.,$%()xX×*/÷+\-−^]*=?[\s$]*$")
+_HAS_OP = re.compile(r"[\d).%]\s*(?:\*\*|[-−+*/xX×÷^])\s*[-−(\d.$]")
+
+
+_AND_A_HALF = re.compile(r"\b(\d+|[a-z]+)\s+and\s+a\s+half\b", re.IGNORECASE)
+_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_DAY_RANGE = re.compile(r"\b(mon|tue|wed|thu|fri|sat|sun)[a-z]*\s*(?:to|through|thru|-|–|until)\s*"
+                        r"(mon|tue|wed|thu|fri|sat|sun)[a-z]*", re.IGNORECASE)
+
+
+def text_numbers(text: str) -> set[Fraction]:
+    """The quantities a text states: digits (with `$ , % .5 a/b`) and number words.
+
+    A percentage gives both n and n/100; a fraction a/b gives a, b and a/b; a fraction word gives
+    both the fraction and its denominator ("half": 1/2 and 2), a multiple word its factor.
+    """
+    out: set[Fraction] = set()
+    for m in _TEXT_NUMBER.finditer(text):
+        value = Fraction(m.group("num").replace(",", ""))
+        out.add(value)
+        if m.group("den") is not None and int(m.group("den")) != 0:
+            out.add(Fraction(int(m.group("den"))))
+            out.add(value / int(m.group("den")))
+        if m.group("pct"):
+            out.add(value / 100)
+    for m in _DAY_RANGE.finditer(text):  # "Monday to Friday": 5 days
+        a, b = _DAYS.index(m.group(1).lower()[:3]), _DAYS.index(m.group(2).lower()[:3])
+        out.add(Fraction((b - a) % 7 + 1))
+    for m in _AND_A_HALF.finditer(text):  # "2 and a half dozen": 2.5
+        n = m.group(1).lower()
+        base = Fraction(n) if n.isdigit() else Fraction(_WORD_NUMBERS.get(n, 0))
+        out.add(base + Fraction(1, 2))
+    for w in _WORD.findall(text.lower()):
+        parts = w.split("-")
+        if len(parts) == 2 and all(p in _WORD_NUMBERS for p in parts):  # twenty-two
+            a, b = Fraction(_WORD_NUMBERS[parts[0]]), Fraction(_WORD_NUMBERS[parts[1]])
+            if a >= 20 and a % 10 == 0 and 0 < b < 10:
+                out.add(a + b)
+        for part in parts:
+            v = _WORD_NUMBERS.get(part)
+            if v is not None:
+                v = Fraction(v)
+                out.add(v)
+                if v.numerator == 1 and v.denominator > 1:
+                    out.add(Fraction(v.denominator))
+    return out
+
+
+def _operands(expr: str) -> list[Fraction]:
+    """The literal numbers of an expression (signs are operators, `%` a postfix)."""
+    try:
+        return [_decimal_to_fraction(t) for kind, t in _tokenize(expr) if kind == "num"]
+    except _ParseError:
+        return []
+
+
+def claim_matches(actual: Fraction, claimed: str) -> bool:
+    """`claimed` equals `actual`: exactly, rounded to its shown decimals, or within rel. 1e-9."""
+    parsed = parse_annotation_number(claimed.strip())
+    if parsed is None:
+        return False
+    value, decimals = parsed
+    if _claim_accepted(actual, value, decimals):
+        return True
+    return abs(actual - value) <= Fraction(1, 10**9) * max(abs(actual), 1)
+
+
+@dataclass(frozen=True)
+class StepCredit:
+    """The derived-operand check of one step.
+
+    Attributes:
+      index, span: as in StepCheck.
+      computational: the step computes something (an annotation, a written equation or a new
+        number derived in prose); prose without new numbers is not computational.
+      ok: every computation is right and uses known quantities (True for prose).
+      reason: why not ok ("" when ok).
+      bad_operand: the first operand that is not a known quantity, if that is the failure.
+    """
+
+    index: int
+    span: tuple[int, int]
+    computational: bool
+    ok: bool
+    reason: str = ""
+    bad_operand: Fraction | None = None
+
+
+def _pair_derived(target: Fraction, known: set[Fraction]) -> bool:
+    """target is a rate derived in the head from a stated fraction p < 1: 1 + p (`20% more`:
+    1.2), 1 - p (`20% off`: 0.8), or n·p (`three quarters`: 0.75), n a stated quantity."""
+    fractions = [p for p in known if 0 < p < 1]
+    for p in fractions:
+        if target in (1 + p, 1 - p, 100 + 100 * p, 100 - 100 * p):  # 1.2 or 120 for `20% more`
+            return True
+        if target < 1 and (target / p) in known and (target / p).denominator == 1:
+            return True
+    return False
+
+
+def _one_op_away(target: Fraction, known: set[Fraction]) -> bool:
+    """target = a op b for a, b in known ∪ UNIT_CONSTANTS (linear: look the partner up)."""
+    pool = known | UNIT_CONSTANTS
+    for a in pool:
+        if target - a in pool or a - target in pool:
+            return True
+        if a != 0 and target / a in pool:
+            return True
+        if target != 0 and a / target in pool and a / target != 0:
+            return True
+    return False
+
+
+def _computations(line: str) -> list[tuple[str, list[str], tuple[int, int]]]:
+    """(expression, [claimed, ...], span) of each annotation, then of each written equation.
+
+    A written chain `a = b = c` gives (a, [b, c]): every later part must equal the first. Written
+    text that does not parse as arithmetic (`16 1/2 + 24 1/2`, `10, 75 - 10`) is not checked.
+    """
+    comps = []
+    for m in _ANNOTATION.finditer(line):
+        body = m.group("body")
+        if "=" in body:
+            expression, claimed = body.rsplit("=", 1)
+        else:
+            expression, claimed = body, body  # `<<40000>>`: a stated value
+        comps.append((expression, [claimed], m.span()))
+    if comps:  # annotated: the annotations are the step's computations (the prose repeats them)
+        return comps
+    for m in _INLINE_CHAIN.finditer(line):
+        text = m.group(0)
+        before = line[:m.start() + len(text) - len(text.lstrip())]
+        if before and (before[-1].isalnum() or before.rstrip()[-1:] in tuple("*/+-−×÷^")
+                       or (text.lstrip()[0] in "-−" and before.strip())):
+            continue  # `X*11/4 + 10 = 340`, `120 books - 20 = 100`: not a self-contained equation
+        parts = [p.replace("$", "").strip() for p in m.group(0).split("=")]
+        if len(parts) < 2 or not _HAS_OP.search(parts[0]) or not all(parts):
+            continue
+        if re.search(r"[xX](?!\s*[\d.($])", m.group(0)):
+            continue  # `3x-3=63`: an x that is a variable, not a times sign
+        try:
+            evaluate_expression(parts[0])
+        except ValueError:
+            continue
+        if all(parse_annotation_number(p) is not None or _evaluates(p) for p in parts[1:]):
+            comps.append((parts[0], parts[1:], m.span()))
+    comps.sort(key=lambda c: c[2][0])
+    return comps
+
+
+def _evaluates(expr: str) -> bool:
+    try:
+        evaluate_expression(expr)
+        return True
+    except ValueError:
+        return False
+
+
+def _part_matches(actual: Fraction, part: str) -> bool:
+    if parse_annotation_number(part.strip()) is not None:
+        return claim_matches(actual, part)
+    try:
+        return evaluate_expression(part) == actual
+    except ValueError:
+        return False
+
+
+_CONVERSIONS = (7, 12, 60, 100)  # days/week, dozen/months/inches, minutes/hours, percent/cents
+
+
+def is_known(v: Fraction, known: set[Fraction]) -> bool:
+    """v is a stated quantity, a unit constant, or a unit conversion of a stated quantity."""
+    if v in known or v in UNIT_CONSTANTS:
+        return True
+    return any(v * c in known or v / c in known for c in _CONVERSIONS)
+
+
+_is_known = is_known
+
+
+def step_credits(prompt: str, solution: str, *, stop_at_failure: bool = True) -> list[StepCredit]:
+    """The derived-operand check of every step of `solution` (see the section comment).
+
+    Stops after the first failing step unless `stop_at_failure=False` (then later steps are
+    checked too, with the failing step's numbers taken as known).
+    """
+    known = text_numbers(prompt)
+    out = []
+    for index, (start, end) in enumerate(split_steps(solution)):
+        line = solution[start:end]
+        comps = _computations(line)
+        failure: tuple[str, Fraction | None] | None = None
+        cursor = 0
+        for expression, claims, (s, e) in comps:
+            # The step's own prose counts only BEFORE its written copy of this computation
+            # (`Two weeks are 14 days, so 280 / 14 = <<280/14=20>>`): the copy repeats the
+            # operands, so an operand that appears nowhere else would vouch for itself.
+            known |= text_numbers(_before_written_copy(_ANNOTATION.sub(" ", line[cursor:s]),
+                                                       _operands(expression)))
+            cursor = max(cursor, e)
+            cursor = max(cursor, e)
+            try:
+                actual = evaluate_expression(expression)
+            except ValueError as exc:
+                failure = (f"`{expression.strip()}` does not evaluate ({exc})", None)
+                break
+            wrong = next((c for c in claims if not _part_matches(actual, c)), None)
+            if wrong is not None:
+                failure = (f"`{expression.strip()}` is {format_value(actual)}, not {wrong.strip()}", None)
+                break
+            operands = _operands(expression)
+            if len(operands) == 1 and not _HAS_OP.search(expression):  # a stated value
+                if not _is_known(actual, known) and not _one_op_away(actual, known):
+                    failure = (f"states {format_value(actual)} without deriving it", actual)
+                    break
+            else:
+                unknown = [v for v in operands if not _is_known(v, known) and not _pair_derived(v, known)]
+                if unknown:
+                    failure = (f"`{expression.strip()}` uses {format_value(unknown[0])}, which is "
+                               "neither in the problem nor derived earlier", unknown[0])
+                    break
+            known.add(actual)
+            for c in claims:
+                parsed = parse_annotation_number(c.strip())
+                if parsed is not None:
+                    known.add(parsed[0])
+        if failure is not None:
+            out.append(StepCredit(index, (start, end), True, False, failure[0], failure[1]))
+            if stop_at_failure:
+                break
+            known |= text_numbers(_ANNOTATION.sub(" ", line)) | {
+                v for expression, _, _ in comps for v in _safe_value(expression)}
+            continue
+        rest = text_numbers(_ANNOTATION.sub(" ", line[cursor:]))
+        computational = bool(comps)
+        if not comps:
+            new = sorted(v for v in rest if not _is_known(v, known))
+            if new:
+                computational = True
+                underived = [v for v in new if not _one_op_away(v, known)]
+                if underived:
+                    out.append(StepCredit(index, (start, end), True, False,
+                                          f"states {format_value(underived[0])} without deriving it",
+                                          underived[0]))
+                    if stop_at_failure:
+                        break
+                    known |= rest
+                    continue
+        known |= rest
+        out.append(StepCredit(index, (start, end), computational, True))
+    return out
+
+
+def _before_written_copy(prose: str, operands: list[Fraction]) -> str:
+    """`prose` up to where its trailing numbers spell the expression's operands, in order
+    (other numbers may sit between them); "" when they do not (nothing of the prose counts)."""
+    tokens = [(Fraction(m.group("num").replace(",", "")), m.start()) for m in _TEXT_NUMBER.finditer(prose)]
+    j = len(operands) - 1
+    start = None
+    for value, pos in reversed(tokens):
+        if j < 0:
+            break
+        if value == operands[j] or value / 100 == operands[j]:
+            j -= 1
+            start = pos
+    if j >= 0 or start is None:
+        return ""
+    return prose[:start]
+
+
+def _safe_value(expression: str) -> set[Fraction]:
+    try:
+        return {evaluate_expression(expression)}
+    except ValueError:
+        return set()
+
+
+def computational_steps(prompt: str, solution: str) -> int:
+    """How many steps of `solution` compute something (the step score's denominator for a reference)."""
+    return sum(c.computational for c in step_credits(prompt, solution, stop_at_failure=False))
+
+
+def derived_prefix(prompt: str, solution: str) -> int:
+    """Computational steps of `solution` that pass `step_credits` before its first failing step."""
+    k = 0
+    for c in step_credits(prompt, solution):
+        if not c.ok:
+            break
+        k += c.computational
+    return k
