@@ -40,10 +40,31 @@ def data_prepare(task: str, data_cfg: dict, out_path: str, log=print) -> None:
     """Task data → normalized Problem records (all splits; `split` is assigned next)."""
     from cts.tasks import load_task
 
-    problems = load_task(task, data_cfg)
+    problems = _drop_unverifiable(load_task(task, data_cfg), log)
     n = atomic_write_jsonl(out_path, (p.to_row() for p in problems))
     hist = Counter(p.horizon for p in problems)
     log(f"{task}: {n} problems; horizons {dict(sorted(hist.items()))}")
+
+
+def _drop_unverifiable(problems: list[Problem], log) -> list[Problem]:
+    """Code problems whose tests the trusted parent cannot decide (cts.verifiers.code) are left out
+    here, named in the log, rather than failing a training job later (7 of HumanEval's 164)."""
+    from cts.verifiers.code import check_verifiable
+
+    kept, dropped = [], []
+    for p in problems:
+        try:
+            if p.kind == "code":
+                check_verifiable(p)
+            kept.append(p)
+        except DataError as e:
+            dropped.append(str(e))
+    if dropped:
+        log(f"left out {len(dropped)} of {len(problems)} problems whose tests cannot be verified outside "
+            "the candidate's process:\n  " + "\n  ".join(dropped))
+    if not kept:
+        raise DataError(f"no verifiable problems among {len(problems)}")
+    return kept
 
 
 def data_split(problems_path: str, splits_cfg: dict, out_dir: str, log=print) -> None:

@@ -419,3 +419,28 @@ def test_shadowing_trusted_names_does_not_move_the_expected_side():
     q = Problem(id="own-sum", task="mbpp", kind="code", prompt="", tests=["assert sum(10, 15) == 6"],
                 reference="def sum(a, b):\n    return 6\n")
     assert verify_code(q, "def sum(a, b):\n    return 6\n").all_passed
+
+
+def test_humaneval_as_loaded_is_verified_and_unverifiable_ones_are_left_out_at_data_prepare(tmp_path):
+    """The loader's two-string HumanEval form ([check source, "check(f)"]) is the check() form; the
+    canonical solutions pass; problems whose check() loops over candidate calls are dropped by
+    data_prepare with their ids in the log, never failing a training job."""
+    from cts.io import read_jsonl
+    from cts.stages import data_prepare
+    from cts.tasks import load_task
+    from cts.verifiers.code import check_verifiable
+
+    problems = {p.id: p for p in load_task("humaneval", {"loader": "humaneval"})}
+    p0 = problems["humaneval-000"]
+    assert detect_test_form(p0) == "humaneval"
+    v = verify_code(p0, p0.reference)
+    assert v.total > 0 and v.passed == v.total
+    wrong = verify_code(p0, p0.prompt + "    return True\n")
+    assert wrong.passed < wrong.total
+    with pytest.raises(DataError, match="humaneval-032"):
+        check_verifiable(problems["humaneval-032"])
+    lines = []
+    data_prepare("humaneval", {"loader": "humaneval"}, str(tmp_path / "problems.jsonl"), log=lines.append)
+    kept = {r["id"] for r in read_jsonl(str(tmp_path / "problems.jsonl"))}
+    assert "humaneval-000" in kept and "humaneval-032" not in kept and 150 <= len(kept) < 164
+    assert any("humaneval-032" in line and f"{164 - len(kept)} of 164" in line for line in lines)

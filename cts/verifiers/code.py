@@ -44,8 +44,8 @@ from cts.tasks.schema import Problem
 from cts.verifiers.trusted import (SplitTest, UnsupportedTest, bound_names, decode_plain,
                                    evaluate_skeleton, split_humaneval_check, split_test)
 
-__all__ = ["CodeVerdict", "ERROR_TYPES", "detect_test_form", "normalize_lines", "verify_code",
-           "verify_many"]
+__all__ = ["CodeVerdict", "ERROR_TYPES", "check_verifiable", "detect_test_form", "normalize_lines",
+           "verify_code", "verify_many"]
 
 ERROR_TYPES = ("none", "syntax", "runtime", "wrong_output", "timeout")
 _MSG_CHARS = 500  # keep failure messages short: they end up in JSONL rows and prompts
@@ -89,7 +89,9 @@ def detect_test_form(problem: Problem) -> str:
     if not isinstance(tests, list) or not tests:
         raise DataError(f"{where}: expected a non-empty list")
     if all(isinstance(t, str) for t in tests):
-        if len(tests) == 1 and "def check(" in tests[0]:
+        # HumanEval: its check(candidate) source, optionally followed by the loader's call line
+        call_line = f"check({problem.entry_point})" if problem.entry_point else None
+        if "def check(" in tests[0] and (len(tests) == 1 or (len(tests) == 2 and tests[1].strip() == call_line)):
             if not problem.entry_point:
                 raise DataError(f"problem {problem.id!r}: HumanEval-style check() "
                                 "needs entry_point")
@@ -368,6 +370,14 @@ def _split_tests(problem: Problem, form: str) -> list[SplitTest]:
         return [split_test(t, shadowed) for t in problem.tests]
     except UnsupportedTest as e:
         raise DataError(f"problem {problem.id!r}: {e}") from None
+
+
+def check_verifiable(problem: Problem) -> None:
+    """DataError naming the problem and the test line when its tests cannot be decided by the
+    trusted parent (e.g. a HumanEval check() that loops over candidate calls); cheap, no sandbox."""
+    form = detect_test_form(problem)
+    if form != "stdio":
+        _split_tests(problem, form)
 
 
 def _harness_verdict(problem: Problem, code: str, form: str, limits: SandboxLimits,
