@@ -41,12 +41,12 @@ test-heavy: $(STAMP)
 # Snakemake 9's --dag takes an optional format, so the target goes before it; an empty or failed
 # render is an error (pipefail, and the SVG must not be empty), never a 0-byte dag.svg.
 dag: $(STAMP)
-	set -o pipefail; $(VENV)/bin/snakemake results/table.md --dag dot | dot -Tsvg > dag.svg.tmp \
+	set -o pipefail; $(VENV)/bin/snakemake results/table.md --dag dot $(CONFIG) | dot -Tsvg > dag.svg.tmp \
 	  && test -s dag.svg.tmp && mv dag.svg.tmp dag.svg \
 	  || { rm -f dag.svg.tmp; echo "error: the DAG did not render (see the snakemake error above)" >&2; exit 1; }
 
 # Checkpoint states no current job names (an older config or older inputs; cts.stages.clean_checkpoints).
-# CONFIG="--configfile my.yaml" to clean for another config.
+# CONFIG="--configfile my.yaml" (here and for dag) for another config.
 clean-checkpoints: $(STAMP)
 	$(VENV)/bin/snakemake --cores 1 clean_checkpoints $(CONFIG)
 
