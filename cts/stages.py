@@ -460,7 +460,32 @@ def stats_table(eval_files: list[str], metrics_files: list[str], plan_cfg: dict,
                 seed=stats_cfg["seed"], n_boot=stats_cfg["n_boot"], alpha=stats_cfg["alpha"],
                 out_md=out_md, out_json=out_json, fig_dir=fig_dir,
                 primary=stats_cfg.get("primary_metric", "greedy"))
+    _note_teacher_skips(manifest_paths, out_md, log)
     log(f"table from {len(eval_files)} eval files → {out_md}")
+
+
+def _note_teacher_skips(manifest_paths: dict[str, str], out_md: str, log=print) -> None:
+    """Append to the table's notes how many attempts the LLM teacher skipped (teacher.on_invalid:
+    skip). results/teacher/<task>/skipped.json is an input of every eval cell, so the table is
+    rebuilt whenever it changes."""
+    counts = {}
+    for task, manifest in sorted(manifest_paths.items()):  # results/splits/<task>/manifest.json
+        results = os.path.dirname(os.path.dirname(os.path.dirname(manifest)))
+        path = os.path.join(results, "teacher", task, "skipped.json")
+        if os.path.exists(path) and read_json(path)["n_skipped"]:
+            counts[task] = read_json(path)["n_skipped"]
+    if not counts:
+        return
+    from cts.io import atomic_write_text
+
+    note = ("\n**Teacher skips** (`teacher.on_invalid: skip`): the LLM teacher's reply stayed invalid "
+            "after the re-asks for " + ", ".join(f"{n} attempt(s) of {t}" for t, n in counts.items())
+            + "; those problems are left out of training quadruples and of eval "
+            "(`results/teacher/<task>/skipped.json`).\n")
+    with open(out_md, encoding="utf-8") as f:
+        text = f.read()
+    atomic_write_text(out_md, text.rstrip("\n") + "\n" + note)
+    log(f"teacher skips noted in the table: {counts}")
 
 
 def stats_human_eval_export(eval_files: list[str], test_paths: list[str], n_per_method: int, seed: int,
@@ -478,3 +503,59 @@ def stats_human_eval_export(eval_files: list[str], test_paths: list[str], n_per_
                           "seed": r["seed"], "prompt": prompts[r["problem_id"]], "response": r["completion"]})
     key = export_blinded_sample(items, n_per_method=n_per_method, seed=seed, out_csv=out_csv, out_key=out_key)
     log(f"human eval: {len(key)} blinded items → {out_csv} (key: {out_key})")
+
+
+# ----------------------------------------------------------------------------- report
+
+def render_table_html(md_path: str, out_html: str, log=print) -> None:
+    """results/table.md as an HTML fragment for `snakemake --report`: headings, pipe tables,
+    paragraphs, **bold** and `code` — the subset build_table writes (no markdown package needed)."""
+    import html
+    import re
+
+    def inline(text: str) -> str:
+        text = html.escape(text)
+        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+        text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+        return re.sub(r"(?<![*\w])\*([^*]+)\*(?![*\w])", r"<i>\1</i>", text)
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    with open(md_path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    out, para, i = [], [], 0
+
+    def flush():
+        if para:
+            out.append(f"<p>{inline(' '.join(para))}</p>")
+            para.clear()
+
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            flush()
+            level = min(6, len(line) - len(line.lstrip("#")))
+            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.strip().startswith("|") and i + 1 < len(lines) and re.match(r"^\s*\|[\s:|-]+\|\s*$", lines[i + 1]):
+            flush()
+            rows = ["<tr>" + "".join(f"<th>{inline(c)}</th>" for c in cells(line)) + "</tr>"]
+            i += 2
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                rows.append("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells(lines[i])) + "</tr>")
+                i += 1
+            out.append("<table border='1' cellpadding='3' style='border-collapse:collapse'>" + "".join(rows) + "</table>")
+            continue
+        elif line.strip().startswith(("- ", "* ")):
+            flush()
+            out.append(f"<ul><li>{inline(line.strip()[2:])}</li></ul>")
+        elif not line.strip():
+            flush()
+        else:
+            para.append(line.strip())
+        i += 1
+    flush()
+    from cts.io import atomic_write_text
+
+    atomic_write_text(out_html, "<html><body>\n" + "\n".join(out) + "\n</body></html>\n")
+    log(f"rendered {md_path} → {out_html}")

@@ -67,6 +67,7 @@ def get_final_outputs():
         "results/power.md",
         "results/audit/provenance.json",
         "results/audit/dag.svg",
+        "results/audit/table.html",
         *get_eval_files(),
         *get_metrics_files(),
     ]
@@ -163,4 +164,5 @@ localrules:
     stats_human_eval_export,
     audit_dag,
     audit_provenance,
+    audit_report_table,
     clean_checkpoints,

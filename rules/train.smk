@@ -72,6 +72,8 @@ rule train_cell:
 rule clean_checkpoints:
     log:
         "logs/train/clean_checkpoints/all.log",
+    conda:
+        "../envs/cts.yaml"
     params:
         root=CKPT_ROOT,
         jobs=get_checkpoint_jobs(),

@@ -132,3 +132,37 @@ def test_directory_elsewhere_gives_the_same_cell_configs(tmp_path):
     fb = json.loads((elsewhere / target).read_text())
     assert fa == fb
     assert fa["synth_math/B3/seed0"]["fields"]["budget"]["learning_rate"] == 1e-4  # workflow_config.yaml's
+
+
+@pytest.mark.slow
+def test_editing_a_data_file_reruns_what_depends_on_it(tmp_path):
+    """Dataset files are declared inputs of data_prepare: `data.<task>.path` and the vendored data/."""
+    wd = _workdir(tmp_path)
+    mbpp = tmp_path / "mbpp_small.jsonl"
+    mbpp.write_text("".join((REPO / "data/mbpp/mbpp.jsonl").read_text().splitlines(keepends=True)[:30]))
+    override = tmp_path / "mbpp.yaml"
+    override.write_text(f"tasks: [mbpp]\ndata:\n  mbpp: {{loader: mbpp, path: {mbpp}, limit: 24}}\n")
+    target = "results/splits/mbpp/manifest.json"
+    args = (target, "--configfile", str(CONFIG), str(override))
+    out, _ = _snakemake(wd, *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    def planned() -> str:
+        out, _ = _snakemake(wd, "--dry-run", *args)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout + out.stderr
+
+    assert "Nothing to be done" in planned()
+    rows = mbpp.read_text().splitlines(keepends=True)
+    row = json.loads(rows[0])
+    row["text"] += " Return an int."
+    mbpp.write_text(json.dumps(row) + "\n" + "".join(rows[1:]))
+    plan = planned()
+    assert "rule data_prepare:" in plan and "rule data_split:" in plan and str(mbpp) in plan, plan[-3000:]
+
+    gsm = tmp_path / "gsm.yaml"  # the vendored GSM8K files are inputs too
+    gsm.write_text("tasks: [gsm8k]\ndata:\n  gsm8k: {loader: gsm8k, source: repo, limit: 24}\n")
+    out, _ = _snakemake(wd, "--dry-run", "results/data/gsm8k/problems.jsonl", "--configfile", str(CONFIG), str(gsm))
+    text = out.stdout + out.stderr
+    assert out.returncode == 0 and str(REPO / "data/gsm8k/train.jsonl") in text and \
+        str(REPO / "data/gsm8k/test.jsonl") in text, text[-3000:]

@@ -190,3 +190,15 @@ def test_an_empty_split_fails_in_data_split_naming_task_and_split(tmp_path):
         stages.data_split(str(tmp_path / "p.jsonl"), {"fractions": {"train": 1.0, "dev": 0.0, "test": 0.0},
                                                       "seed": 0}, str(tmp_path / "splits"),
                           required_splits=("train", "test"))
+
+
+def test_teacher_skips_are_noted_in_the_table(tmp_path):
+    from cts.io import atomic_write_json
+    from cts.stages import _note_teacher_skips
+
+    manifest = tmp_path / "results/splits/gsm8k/manifest.json"
+    atomic_write_json(tmp_path / "results/teacher/gsm8k/skipped.json", {"n_skipped": 3, "skipped": ["a", "b", "c"]})
+    (tmp_path / "table.md").write_text("# Results\n\n| a |\n")
+    _note_teacher_skips({"gsm8k": str(manifest)}, str(tmp_path / "table.md"), log=lambda m: None)
+    text = (tmp_path / "table.md").read_text()
+    assert text.startswith("# Results") and "3 attempt(s) of gsm8k" in text and "on_invalid: skip" in text

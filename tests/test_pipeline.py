@@ -82,7 +82,7 @@ def test_changing_one_method_reruns_only_its_cells(workdir, tmp_path):
     assert cells == {("train_cell", "task=synth_math, method=B3, seed=0"),
                      ("eval_cell", "task=synth_math, method=B3, seed=0")}, jobs
     assert {r for r, _ in jobs} <= {"train_cell", "eval_cell", "stats_table", "audit_provenance",
-                                    "audit_dag", "all"}, jobs
+                                    "audit_dag", "audit_report_table", "all"}, jobs
 
 
 def test_deleting_one_eval_reruns_only_that_eval_and_the_stats(workdir):
@@ -95,7 +95,7 @@ def test_deleting_one_eval_reruns_only_that_eval_and_the_stats(workdir):
     finally:
         target.write_bytes(backup)
         os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert {r for r, _ in jobs} - {"all"} == {"eval_cell", "stats_table"}, jobs
+    assert {r for r, _ in jobs} - {"all"} == {"eval_cell", "stats_table", "audit_report_table"}, jobs
     assert [w for r, w in jobs if r == "eval_cell"] == ["task=synth_math, method=B2, seed=0"]
 
 
@@ -149,6 +149,9 @@ def test_report_includes_the_figures(workdir):
     _snakemake(workdir, "--report", "results/report.html", "--configfile", str(CONFIG))
     html = (workdir / "results/report.html").read_text(errors="replace")
     assert "Figures" in html and ".png" in html
+    # the table, rendered, and a caption per figure naming its metric (report/figures.rst)
+    assert "table.html" in html and "Table" in html
+    assert "Paired differences" in html and "Learning curve of synth_math: metric" in html
 
 
 def test_an_unfair_cell_stops_the_dag_before_training(tmp_path):
