@@ -36,7 +36,8 @@ def stage_logger(smk, jax_threads_cap: int | None = None):
 def _quiet_third_party() -> bool:
     """Keep the job log to the job's own lines: transformers' "PyTorch was not found" and config
     notes, MaxText's "no config file" and absl INFO lines say nothing about the run (each import
-    repeats them). Errors still show; repeated Python warnings show once."""
+    repeats them), nor do deprecation notices from inside flax/optax. Errors still show, and so
+    does every warning raised by cts itself."""
     if os.environ.get("CTS_THIRD_PARTY_LOGS") == "1":
         return False
     import logging
@@ -47,5 +48,6 @@ def _quiet_third_party() -> bool:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name in ("maxtext", "MaxText", "absl", "transformers", "jax._src.xla_bridge", "orbax", "tunix"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.simplefilter("once")
+    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(?!cts\b)")
     return True

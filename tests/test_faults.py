@@ -202,3 +202,28 @@ def test_teacher_skips_are_noted_in_the_table(tmp_path):
     _note_teacher_skips({"gsm8k": str(manifest)}, str(tmp_path / "table.md"), log=lambda m: None)
     text = (tmp_path / "table.md").read_text()
     assert text.startswith("# Results") and "3 attempt(s) of gsm8k" in text and "on_invalid: skip" in text
+
+
+def test_a_cells_state_changes_with_its_config_and_with_each_input(tmp_path):
+    """The small form of tests/test_reruns.py: the directory a cell resumes from is named by its
+    resolved config and the content of its inputs, so an edited method block or a retrained base
+    never finds the old state."""
+    from cts.io import atomic_write_json
+    from cts.stages import base_state, cell_state
+
+    (tmp_path / "train.jsonl").write_text('{"id": 1}\n')
+    (tmp_path / "tagged.jsonl").write_text('{"q": 1}\n')
+    atomic_write_json(tmp_path / "base.json", {"params_sha256": "a" * 64})
+    cell = {"task": "t", "method": "B3", "seed": 0, "method_config": {"verifier_weight": 0.5}}
+    args = (str(tmp_path / "base.json"), str(tmp_path / "train.jsonl"), str(tmp_path / "tagged.jsonl"), "ck")
+    d0, digest, inputs = cell_state(cell, *args)
+    assert d0 == f"ck/{digest[:16]}" and inputs["base_params"] == "a" * 64
+    assert cell_state(cell, *args)[0] == d0
+    edited = {**cell, "method_config": {"verifier_weight": 0.25}}
+    assert cell_state(edited, *args)[0] != d0
+    atomic_write_json(tmp_path / "base.json", {"params_sha256": "b" * 64})  # the base retrained
+    assert cell_state(cell, *args)[0] != d0
+    b0 = base_state("t", str(tmp_path / "train.jsonl"), {"emb_dim": 8}, "char", {"learning_rate": 3e-3}, "ck")[0]
+    assert base_state("t", str(tmp_path / "train.jsonl"), {"emb_dim": 8}, "char", {"learning_rate": 2e-3}, "ck")[0] != b0
+    (tmp_path / "train.jsonl").write_text('{"id": 2}\n')  # the data changed
+    assert base_state("t", str(tmp_path / "train.jsonl"), {"emb_dim": 8}, "char", {"learning_rate": 3e-3}, "ck")[0] != b0

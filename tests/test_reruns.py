@@ -19,15 +19,22 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "tests" / "config_pipeline" / "config.yaml"
 WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "schemas", "workflow_config.yaml", "report")
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.heavy  # three pipeline runs: ~10 min on 2 cores (the small form: tests/test_faults.py)
+
+# config_pipeline's 2-step base writes random characters, so every GRPO reward is 0, every gradient
+# exactly 0 and a cell's parameters equal the base's whatever verifier_weight is: nothing to tell a
+# retrained cell from a stale one. 300 base steps give attempts with verified steps (rewards vary).
+LEARNS = ("base_policy: {steps: 300}\n"
+          "train: {steps: 3, prompts_per_step: 4, group_size: 4, learning_rate: 0.001, warmup_steps: 0}\n")
 
 
 def _run(workdir: Path, *configfiles: Path) -> list[tuple[str, str]]:
     """Run `all`; return the (rule, wildcards) of every job it executed."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    learns = workdir / "learns.yaml"
     out = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "all", "--configfile",
-                          *map(str, configfiles)], cwd=workdir, env=env, capture_output=True, text=True,
-                         timeout=1200)
+                          str(configfiles[0]), str(learns), *map(str, configfiles[1:])], cwd=workdir, env=env,
+                         capture_output=True, text=True, timeout=1800)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-5000:]
     jobs, rule = [], None
@@ -71,6 +78,7 @@ def workdir(tmp_path_factory):
     wd = tmp_path_factory.mktemp("reruns")
     for name in WORKFLOW_FILES:
         os.symlink(REPO / name, wd / name)
+    (wd / "learns.yaml").write_text(LEARNS)
     _run(wd, CONFIG)
     return wd
 
@@ -113,3 +121,26 @@ def test_a_base_policy_edit_retrains_the_base_and_everything_after_it(workdir, t
     base = json.loads(after["base"]["final"])
     assert base["config"]["base_policy"]["learning_rate"] == 0.002
     assert not os.path.isabs(base["params_dir"])  # a moved project reads its own weights
+
+
+def test_clean_checkpoints_keeps_only_the_states_of_the_current_config(workdir, tmp_path):
+    """After the two edits above, each job has older state directories; `make clean-checkpoints`
+    (the clean_checkpoints rule) removes them and keeps the ones the current finals point at."""
+    b3, base = tmp_path / "b3.yaml", tmp_path / "base.yaml"
+    b3.write_text("methods_config:\n  B3: {loss: grpo, reward: verifier, verifier_weight: 0.25}\n")
+    base.write_text("base_policy: {learning_rate: 0.002}\n")
+    root = workdir / "work" / "checkpoints" / "synth_math"
+    states = {job: sorted(p.name for p in (root / job).iterdir()) for job in ("base", "B2/seed0", "B3/seed0")}
+    assert len(states["base"]) == 2 and len(states["B3/seed0"]) == 3, states
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "clean_checkpoints", "--configfile",
+                          str(CONFIG), str(workdir / "learns.yaml"), str(b3), str(base)], cwd=workdir, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for job, final in (("base", "results/base/synth_math/final.json"),
+                       ("B2/seed0", "results/train/synth_math/B2/seed0/final.json"),
+                       ("B3/seed0", "results/train/synth_math/B3/seed0/final.json")):
+        kept = [p.name for p in (root / job).iterdir()]
+        current = Path(json.loads((workdir / final).read_text())["params_dir"]).parent.name
+        assert kept == [current], (job, kept, current)
+    assert "removed 4" in (workdir / "logs/train/clean_checkpoints/all.log").read_text()
