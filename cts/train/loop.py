@@ -295,7 +295,7 @@ def _progress_line(step: int, loop: LoopConfig, metrics: dict, host: dict, lr: f
     keys = [k for k in ("reward/mean", "reward/accuracy", "sft/token_nll", "dpo/accuracy", "grpo/kl",
                         "cts/align", "cts/decode", "cts/energy") if k in {**host, **metrics}]
     vals = {**metrics, **host}
-    eta = elapsed_s / max(1, steps_done) * (loop.steps - step - 1)
+    eta = elapsed_s / max(1, steps_done) * (loop.steps - step - 1)  # elapsed_s excludes the compile step
     return (f"step {step + 1}/{loop.steps} loss {metrics['loss']:.4f} "
             + "".join(f"{k} {vals[k]:.3f} " for k in keys)
             + f"grad {metrics['grad_norm']:.3g} {step_s:.2f} s/step lr {lr:.2e} ETA {eta:.0f} s")
@@ -394,8 +394,11 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, spec: MethodSpec, 
             mlog.flush()
             if (step + 1) % loop.checkpoint_every == 0 or step + 1 == loop.steps:
                 store.save(step + 1, {"params": params, "opt_state": opt_state})
+            if step == start:  # the first step compiles: the ETA uses the steps after it
+                t_start = time.perf_counter()
             if step % loop.log_every == 0 or step + 1 == loop.steps:
+                done = step - start  # steps timed since the compile step
                 log(_progress_line(step, loop, metrics, host, lr, row["time/step_s"],
-                                   time.perf_counter() - t_start, step + 1 - start))
+                                   time.perf_counter() - t_start if done else row["time/step_s"], max(1, done)))
     store.close()
     return params, rows
