@@ -166,3 +166,11 @@ def test_editing_a_data_file_reruns_what_depends_on_it(tmp_path):
     text = out.stdout + out.stderr
     assert out.returncode == 0 and str(REPO / "data/gsm8k/train.jsonl") in text and \
         str(REPO / "data/gsm8k/test.jsonl") in text, text[-3000:]
+
+
+def test_a_method_block_must_write_out_what_it_uses():
+    """No default steps in for a method's hyperparameter: a verifier reward without its weight fails."""
+    cfg = _config()
+    cfg["methods_config"]["B3"] = {"loss": "grpo", "reward": "verifier"}
+    with pytest.raises(ConfigError, match=r"methods_config.B3: 'verifier_weight' is a required property"):
+        validate_config(cfg)
