@@ -460,11 +460,11 @@ def stats_table(eval_files: list[str], metrics_files: list[str], plan_cfg: dict,
                 seed=stats_cfg["seed"], n_boot=stats_cfg["n_boot"], alpha=stats_cfg["alpha"],
                 out_md=out_md, out_json=out_json, fig_dir=fig_dir,
                 primary=stats_cfg.get("primary_metric", "greedy"))
-    _note_teacher_skips(manifest_paths, out_md, log)
+    _note_teacher_skips(manifest_paths, out_md, log, out_json=out_json)
     log(f"table from {len(eval_files)} eval files → {out_md}")
 
 
-def _note_teacher_skips(manifest_paths: dict[str, str], out_md: str, log=print) -> None:
+def _note_teacher_skips(manifest_paths: dict[str, str], out_md: str, log=print, out_json: str | None = None) -> None:
     """Append to the table's notes how many attempts the LLM teacher skipped (teacher.on_invalid:
     skip). results/teacher/<task>/skipped.json is an input of every eval cell, so the table is
     rebuilt whenever it changes."""
@@ -485,6 +485,8 @@ def _note_teacher_skips(manifest_paths: dict[str, str], out_md: str, log=print) 
     with open(out_md, encoding="utf-8") as f:
         text = f.read()
     atomic_write_text(out_md, text.rstrip("\n") + "\n" + note)
+    if out_json and os.path.exists(out_json):
+        atomic_write_json(out_json, {**read_json(out_json), "teacher_skips": counts})
     log(f"teacher skips noted in the table: {counts}")
 
 

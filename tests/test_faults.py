@@ -199,9 +199,12 @@ def test_teacher_skips_are_noted_in_the_table(tmp_path):
     manifest = tmp_path / "results/splits/gsm8k/manifest.json"
     atomic_write_json(tmp_path / "results/teacher/gsm8k/skipped.json", {"n_skipped": 3, "skipped": ["a", "b", "c"]})
     (tmp_path / "table.md").write_text("# Results\n\n| a |\n")
-    _note_teacher_skips({"gsm8k": str(manifest)}, str(tmp_path / "table.md"), log=lambda m: None)
+    atomic_write_json(tmp_path / "table.json", {"rows": []})
+    _note_teacher_skips({"gsm8k": str(manifest)}, str(tmp_path / "table.md"), log=lambda m: None,
+                        out_json=str(tmp_path / "table.json"))
     text = (tmp_path / "table.md").read_text()
     assert text.startswith("# Results") and "3 attempt(s) of gsm8k" in text and "on_invalid: skip" in text
+    assert read_json(tmp_path / "table.json") == {"rows": [], "teacher_skips": {"gsm8k": 3}}
 
 
 def test_a_cells_state_changes_with_its_config_and_with_each_input(tmp_path):
