@@ -9,7 +9,7 @@ CORES ?= 8
 export JAX_PLATFORMS ?= cpu
 export PYTHONHASHSEED := 0
 
-.PHONY: install table test test-heavy dag lint clean-results
+.PHONY: install table test test-heavy dag lint clean-results clean-checkpoints
 
 install: $(STAMP)
 
@@ -38,8 +38,17 @@ test: $(STAMP)
 test-heavy: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m heavy
 
+# Snakemake 9's --dag takes an optional format, so the target goes before it; an empty or failed
+# render is an error (pipefail, and the SVG must not be empty), never a 0-byte dag.svg.
 dag: $(STAMP)
-	$(VENV)/bin/snakemake --dag results/table.md | dot -Tsvg > dag.svg
+	set -o pipefail; $(VENV)/bin/snakemake results/table.md --dag dot $(CONFIG) | dot -Tsvg > dag.svg.tmp \
+	  && test -s dag.svg.tmp && mv dag.svg.tmp dag.svg \
+	  || { rm -f dag.svg.tmp; echo "error: the DAG did not render (see the snakemake error above)" >&2; exit 1; }
+
+# Checkpoint states no current job names (an older config or older inputs; cts.stages.clean_checkpoints).
+# CONFIG="--configfile my.yaml" (here and for dag) for another config.
+clean-checkpoints: $(STAMP)
+	$(VENV)/bin/snakemake --cores 1 clean_checkpoints $(CONFIG)
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint

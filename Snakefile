@@ -9,12 +9,16 @@
 #   results/train/<task>/<method>/seed<k>/final.json  one training cell (metrics.jsonl beside it)
 #   results/eval/<task>/<method>/seed<k>/problems.jsonl  per-problem held-out results
 #   results/table.md, results/figures/, results/power.md, results/audit/
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "workflow_config.yaml"
+# Always this workflow's own defaults, whatever --directory is (a relative name would be looked up
+# in the working directory, and silently skipped there when --configfile is given).
+configfile: os.path.join(workflow.basedir, "workflow_config.yaml")
 
 
 include: "rules/common.smk"

@@ -19,6 +19,7 @@ def stage_logger(smk, jax_threads_cap: int | None = None):
 
     n = limit_threads(jax_threads_cap or int(smk.params.get("jax_threads", 0) or 1))
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    quiet = _quiet_third_party()
     if smk.log:
         f = open(smk.log[0], "a", buffering=1)
         sys.stdout = sys.stderr = f
@@ -27,5 +28,26 @@ def stage_logger(smk, jax_threads_cap: int | None = None):
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)
 
-    log(f"rule {smk.rule}: {n} thread(s)")
+    log(f"rule {smk.rule}: {n} thread(s)"
+        + ("; third-party warnings off (CTS_THIRD_PARTY_LOGS=1 shows them)" if quiet else ""))
     return log
+
+
+def _quiet_third_party() -> bool:
+    """Keep the job log to the job's own lines: transformers' "PyTorch was not found" and config
+    notes, MaxText's "no config file" and absl INFO lines say nothing about the run (each import
+    repeats them), nor do deprecation notices from inside flax/optax. Errors still show, and so
+    does every warning raised by cts itself."""
+    if os.environ.get("CTS_THIRD_PARTY_LOGS") == "1":
+        return False
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in ("maxtext", "MaxText", "absl", "transformers", "jax._src.xla_bridge", "orbax", "tunix"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(?!cts\b)")
+    return True

@@ -15,8 +15,9 @@ from cts.io import (DataError, atomic_write_json, atomic_write_jsonl, read_json,
 from cts.tasks.schema import SPLITS, Problem, Quadruple
 
 __all__ = [
-    "data_prepare", "data_split", "eval_cell", "load_problems", "taxonomy_tag", "teacher_critique",
-    "teacher_rollouts", "train_base", "train_cell", "train_fingerprint",
+    "base_state", "cell_state", "clean_checkpoints", "data_prepare", "data_split", "eval_cell",
+    "load_problems", "taxonomy_tag", "teacher_critique", "teacher_rollouts", "train_base", "train_cell",
+    "train_fingerprint",
 ]
 
 
@@ -67,12 +68,18 @@ def _drop_unverifiable(problems: list[Problem], log) -> list[Problem]:
     return kept
 
 
-def data_split(problems_path: str, splits_cfg: dict, out_dir: str, log=print) -> None:
+def data_split(problems_path: str, splits_cfg: dict, out_dir: str, log=print,
+               required_splits: tuple[str, ...] = ()) -> None:
     from cts.splits import assign_splits, split_manifest
 
     problems = load_problems(problems_path)
     out, report = assign_splits(problems, splits_cfg["fractions"], splits_cfg["seed"],
                                 splits_cfg.get("near_duplicate_threshold", 0.9))
+    for split in required_splits:  # cheap to find here; a training job would fail much later
+        if report["n_per_split"].get(split, 0) == 0:
+            task = problems[0].task if problems else problems_path
+            raise DataError(f"{task}: the {split} split is empty ({len(problems)} problems, "
+                            f"splits.fractions {splits_cfg['fractions']}); raise the data size or that fraction")
     manifest = {"source": problems_path, "source_sha256": sha256_file(problems_path), **report,
                 "splits": {s: split_manifest(out, s) for s in SPLITS}}
     for s in SPLITS:
@@ -98,14 +105,24 @@ def _base_pairs(problems: list[Problem], error_rate: float, seed: int) -> list[t
     return pairs
 
 
-def _write_final(out_final: str, *, ckpt_dir: str, params, config: dict, rows: list[dict],
-                 extra: dict | None = None) -> None:
+def _project_path(path: str) -> str:
+    """A path relative to the project root (the working directory Snakemake runs jobs in), so a
+    copied or moved project reads its own weights; a storage URI or a path outside stays as is."""
+    if "://" in path:
+        return path
+    rel = os.path.relpath(os.path.abspath(path))
+    return path if rel.startswith("..") else rel
+
+
+def _write_final(out_final: str, *, ckpt_dir: str, state_digest: str, params, config: dict,
+                 rows: list[dict], inputs: dict, extra: dict | None = None) -> None:
     from cts.train.checkpoint import params_digest, save_params
 
     final_dir = os.path.join(ckpt_dir, "final")
     save_params(final_dir, params)
     atomic_write_json(out_final, {
-        "params_dir": os.path.abspath(final_dir), "params_sha256": params_digest(params),
+        "params_dir": _project_path(final_dir), "params_sha256": params_digest(params),
+        "state_digest": state_digest, "inputs": inputs,
         "steps": len(rows), "final_metrics": rows[-1] if rows else {}, "config": config,
         "versions": _versions(), **(extra or {}),
     })
@@ -123,12 +140,60 @@ def load_final_params(runtime, final_path: str):
     return params
 
 
+# ----------------------------------------------------------------------------- state digests
+
+def base_state(task: str, train_path: str, model_cfg: dict, tokenizer: str, base_cfg: dict,
+               ckpt_root: str) -> tuple[str, str, dict]:
+    """(checkpoint dir, digest, inputs) of a base policy: its config and its train split's content."""
+    from cts.train.checkpoint import state_dir
+
+    inputs = {"train": sha256_file(train_path)}
+    cfg = {"stage": "train_base", "task": task, "model": model_cfg, "tokenizer": tokenizer,
+           "base_policy": base_cfg}
+    return (*state_dir(ckpt_root, cfg, inputs), inputs)
+
+
+def cell_state(cell: dict, base_final: str, train_path: str, tagged_path: str,
+               ckpt_root: str) -> tuple[str, str, dict]:
+    """(checkpoint dir, digest, inputs) of a training cell: its resolved config, the base policy's
+    parameters and the content of the train split and the teacher's tagged quadruples."""
+    from cts.train.checkpoint import state_dir
+
+    inputs = {"base_params": read_json(base_final)["params_sha256"], "train": sha256_file(train_path),
+              "tagged": sha256_file(tagged_path)}
+    return (*state_dir(ckpt_root, {"stage": "train_cell", **cell}, inputs), inputs)
+
+
+def clean_checkpoints(ckpt_root: str, jobs: list[dict], log=print) -> None:
+    """Delete every checkpoint state under ckpt_root that no current job names.
+
+    jobs: {"kind": "base"|"cell", plus the arguments of base_state / cell_state}. A job whose inputs
+    do not exist yet names no state; a final.json keeps the state it points at."""
+    from cts.train.checkpoint import remove_stale_states
+
+    keep = []
+    for j in jobs:
+        args = {k: v for k, v in j.items() if k not in ("kind", "final")}
+        paths = [v for k, v in args.items() if k.endswith(("_path", "_final"))]
+        if all(os.path.exists(p) for p in paths):
+            fn = base_state if j["kind"] == "base" else cell_state
+            keep.append(fn(**args)[0])
+        if j.get("final") and os.path.exists(j["final"]):
+            keep.append(os.path.dirname(read_json(j["final"])["params_dir"]))
+    removed = remove_stale_states(ckpt_root, keep, log=log)
+    log(f"clean-checkpoints: kept {len(set(keep))} state(s), removed {len(removed)} under {ckpt_root}")
+
+
 def train_base(task: str, train_path: str, model_cfg: dict, tokenizer: str, base_cfg: dict,
-               ckpt_dir: str, out_final: str, log=print) -> None:
+               ckpt_root: str, out_final: str, log=print, monitor: dict | None = None) -> None:
     """The shared base policy: SFT from a random init, or from pretrained weights
     (`base_cfg["pretrained"]`, cts.model.pretrained) for `steps` steps — 0 keeps them as they are.
-    Either way final.json has the same form, so the rest of the DAG does not know the difference."""
+    Either way final.json has the same form, so the rest of the DAG does not know the difference.
+    Checkpoints go to `<ckpt_root>/<state digest>/` (base_state)."""
     from cts.train.runtime import PolicyRuntime
+
+    ckpt_dir, digest, inputs = base_state(task, train_path, model_cfg, tokenizer, base_cfg, ckpt_root)
+    log(f"state {digest[:16]} → {_project_path(ckpt_dir)}")
 
     problems = load_problems(train_path)
     runtime = PolicyRuntime(model_cfg, tokenizer, seed=base_cfg["seed"], batch_size=base_cfg["batch_size"])
@@ -144,7 +209,8 @@ def train_base(task: str, train_path: str, model_cfg: dict, tokenizer: str, base
 
         loop = LoopConfig(steps=base_cfg["steps"], prompts_per_step=base_cfg["batch_size"],
                           learning_rate=base_cfg["learning_rate"], warmup_steps=base_cfg["warmup_steps"],
-                          checkpoint_every=max(1, base_cfg["steps"] // 4), seed=base_cfg["seed"])
+                          checkpoint_every=max(1, base_cfg["steps"] // 4), seed=base_cfg["seed"],
+                          **_monitor_fields(monitor))
         params, rows = train(runtime=runtime, init_params=init_params, ref_params=None,
                              spec=MethodSpec(loss="sft"), data=TrainData(sft_pairs=pairs), loop=loop,
                              ckpt_dir=ckpt_dir, log=log)
@@ -153,9 +219,15 @@ def train_base(task: str, train_path: str, model_cfg: dict, tokenizer: str, base
     else:  # check_consistency allows this only with pretrained weights
         params, rows = init_params, []
         log("base policy: steps = 0, the pretrained weights as they are")
-    _write_final(out_final, ckpt_dir=ckpt_dir, params=params,
+    _write_final(out_final, ckpt_dir=ckpt_dir, state_digest=digest, params=params,
                  config={"task": task, "model": model_cfg, "tokenizer": tokenizer, "base_policy": base_cfg},
-                 rows=rows, extra=extra)
+                 rows=rows, inputs=inputs, extra=extra)
+
+
+def _monitor_fields(monitor: dict | None) -> dict:
+    """LoopConfig fields from the `monitor` block (progress lines, dead-run abort)."""
+    monitor = monitor or {}
+    return {k: monitor[k] for k in ("log_every", "dead_run_steps") if k in monitor}
 
 
 # ----------------------------------------------------------------------------- rollouts, teacher
@@ -185,12 +257,36 @@ def teacher_rollouts(base_final: str, split_paths: dict[str, str], rollouts_cfg:
     atomic_write_jsonl(out_attempts, rows)
 
 
+def _critique_order(items: list, eval_split: str, limit: int | None, where: str) -> list:
+    """teacher.limit spends its budget on train attempts first, then the eval split's, then the rest;
+    eval needs a critique of every attempt of its split, so a limit that cuts into it is an error
+    (raised before any request is made)."""
+    rank = {"train": 0, eval_split: 1}
+    ordered = sorted(items, key=lambda it: rank.get(it[0].split, 2))  # stable: file order within
+    if not limit:
+        return ordered
+    kept, n_eval = ordered[:limit], sum(p.split == eval_split for p, _ in items)
+    n_eval_kept = sum(p.split == eval_split for p, _ in kept)
+    if n_eval_kept < n_eval:
+        n_train = sum(p.split == "train" for p, _ in items)
+        raise DataError(f"{where}: teacher.limit {limit} leaves {n_eval - n_eval_kept} of the {n_eval} "
+                        f"{eval_split} attempts without a critique ({n_train} train attempts come first; "
+                        f"eval needs every {eval_split} attempt): raise teacher.limit to at least "
+                        f"{n_train + n_eval}")
+    return kept
+
+
 def teacher_critique(attempts_path: str, teacher_cfg: dict, out_quadruples: str, *,
-                     cache_dir: str | None = None, workers: int = 1, log=print) -> None:
+                     cache_dir: str | None = None, workers: int = 1, log=print,
+                     eval_split: str = "test", out_skipped: str | None = None) -> None:
+    """(x, y⁰, f, y¹) for every attempt. An LLM teacher's reply that stays invalid after the
+    re-asks is skipped (teacher.on_invalid: skip; listed in out_skipped and counted in the log) or
+    fails the job (fail)."""
     rows = read_jsonl(attempts_path, required=("problem", "attempt"))
     items = [(Problem.from_row(r["problem"], where=f"{attempts_path}:{i + 1}"), r["attempt"])
              for i, r in enumerate(rows)]
     kind = teacher_cfg.get("kind", "programmatic")
+    skipped: list[str] = []
     if kind == "programmatic":
         from cts.teachers.programmatic import critique_many
 
@@ -200,19 +296,30 @@ def teacher_critique(attempts_path: str, teacher_cfg: dict, out_quadruples: str,
         from cts.teachers.cli import run_teacher
         from cts.teachers.llm import CostLog, LLMTeacher, LLMTeacherConfig
 
-        if teacher_cfg.get("limit"):
-            items = items[: teacher_cfg["limit"]]
+        items = _critique_order(items, eval_split, teacher_cfg.get("limit"), attempts_path)
         cache_dir = cache_dir or "work/teacher_cache"
         teacher = LLMTeacher(LLMTeacherConfig(provider=kind, model=teacher_cfg["model"],
-                                              max_reasks=teacher_cfg.get("max_reasks", 2)),
+                                              max_reasks=teacher_cfg["max_reasks"],
+                                              max_retries=teacher_cfg["retries"],
+                                              timeout_s=float(teacher_cfg["timeout_s"])),
                              cache=ResponseCache(cache_dir),
                              cost_log=CostLog(os.path.join(cache_dir, "cost.jsonl")))
-        rows, _ = run_teacher(teacher, items, workers=workers)
-        quads = [Quadruple.from_row(r) for r in rows]
+        rows, skipped = run_teacher(teacher, items, workers=workers,
+                                    skip_invalid=teacher_cfg["on_invalid"] == "skip")
+        by_id = {r["problem_id"]: Quadruple.from_row(r) for r in rows}
+        items = [(p, a) for p, a in items if p.id in by_id]
+        quads = [by_id[p.id] for p, _ in items]
+        if skipped:
+            log(f"teacher.on_invalid = skip: {len(skipped)} attempt(s) skipped, the reply stayed invalid "
+                f"after {teacher_cfg['max_reasks']} re-ask(s): {', '.join(skipped[:10])}"
+                + (" ..." if len(skipped) > 10 else ""))
     out = [{**q.to_row(), "split": p.split} for q, (p, _) in zip(quads, items)]
     atomic_write_jsonl(out_quadruples, out)
+    if out_skipped:
+        atomic_write_json(out_skipped, {"teacher": kind, "n_skipped": len(skipped), "skipped": sorted(skipped)})
     n_wrong = sum(not q.attempt_correct for q in quads)
-    log(f"{len(quads)} attempts critiqued; {n_wrong} flagged wrong ({n_wrong / max(1, len(quads)):.1%})")
+    log(f"{len(quads)} attempts critiqued; {n_wrong} flagged wrong ({n_wrong / max(1, len(quads)):.1%})"
+        + (f"; {len(skipped)} skipped (invalid replies)" if skipped else ""))
 
 
 def taxonomy_tag(quadruples_path: str, attempts_path: str, out_tagged: str, out_summary: str,
@@ -267,11 +374,14 @@ def train_fingerprint(cells: dict, manifest_paths: dict[str, str], out_path: str
 
 # ----------------------------------------------------------------------------- training cells
 
-def train_cell(cell: dict, base_final: str, train_path: str, tagged_path: str, ckpt_dir: str,
-               out_final: str, out_metrics: str, log=print) -> None:
+def train_cell(cell: dict, base_final: str, train_path: str, tagged_path: str, ckpt_root: str,
+               out_final: str, out_metrics: str, log=print, monitor: dict | None = None) -> None:
+    """One (task, method, seed) cell; checkpoints under `<ckpt_root>/<state digest>/` (cell_state)."""
     from cts.train.loop import LoopConfig, MethodSpec, TrainData, train
     from cts.train.runtime import PolicyRuntime
 
+    ckpt_dir, digest, inputs = cell_state(cell, base_final, train_path, tagged_path, ckpt_root)
+    log(f"state {digest[:16]} → {_project_path(ckpt_dir)}")
     t = cell["train"]
     spec = MethodSpec.from_cell(cell)
     runtime = PolicyRuntime(cell["model"], cell["tokenizer"], seed=cell["seed"], batch_size=t["prompts_per_step"],
@@ -285,7 +395,7 @@ def train_cell(cell: dict, base_final: str, train_path: str, tagged_path: str, c
                      quadruples=quads, problems_by_id={p.id: p for p in problems})
     loop = LoopConfig(seed=cell["seed"], **{k: t[k] for k in (
         "steps", "prompts_per_step", "group_size", "learning_rate", "warmup_steps", "weight_decay",
-        "grad_clip", "max_new_tokens", "temperature", "top_p", "checkpoint_every")})
+        "grad_clip", "max_new_tokens", "temperature", "top_p", "checkpoint_every")}, **_monitor_fields(monitor))
     cts_setup = None
     if spec.cts is not None:
         from cts.train.cts_step import setup_cts
@@ -294,20 +404,28 @@ def train_cell(cell: dict, base_final: str, train_path: str, tagged_path: str, c
     params, rows = train(runtime=runtime, init_params=base_params, ref_params=base_params,
                          spec=spec, data=data, loop=loop, ckpt_dir=ckpt_dir, log=log, cts_setup=cts_setup)
     atomic_write_jsonl(out_metrics, rows)
-    _write_final(out_final, ckpt_dir=ckpt_dir, params=params["policy"], config=cell, rows=rows)
+    _write_final(out_final, ckpt_dir=ckpt_dir, state_digest=digest, params=params["policy"], config=cell,
+                 rows=rows, inputs=inputs)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 def eval_cell(final_path: str, test_path: str, tagged_path: str, eval_cfg: dict, method: str,
-              seed: int, out_problems: str, log=print) -> None:
-    """Per-problem held-out results: greedy pass@1, n samples for pass@k, first-error step."""
+              seed: int, out_problems: str, log=print, skipped_path: str | None = None) -> None:
+    """Per-problem held-out results: greedy pass@1, n samples for pass@k, first-error step.
+    Problems the teacher skipped (teacher.on_invalid: skip) have no base attempt and are left out."""
     import jax
 
     from cts.taxonomy import diagnose
     from cts.verifiers.outcome import verify_many
 
     problems = load_problems(test_path)
+    if skipped_path and os.path.exists(skipped_path):
+        skipped = set(read_json(skipped_path)["skipped"])
+        n_before = len(problems)
+        problems = [p for p in problems if p.id not in skipped]
+        if len(problems) < n_before:
+            log(f"{n_before - len(problems)} test problem(s) left out: the teacher skipped them (invalid replies)")
     base = {r["problem_id"]: r for r in read_jsonl(tagged_path)}
     batch = eval_cfg.get("batch_size", 64)  # a big model on a few problems wants fewer filler rows
     runtime, params = _runtime_from_final(final_path, batch_size=batch)
@@ -370,8 +488,32 @@ def stats_table(eval_files: list[str], metrics_files: list[str], plan_cfg: dict,
                 seed=stats_cfg["seed"], n_boot=stats_cfg["n_boot"], alpha=stats_cfg["alpha"],
                 out_md=out_md, out_json=out_json, fig_dir=fig_dir,
                 primary=stats_cfg.get("primary_metric", "greedy"),
-                extra_sections=[teacher_section(tagged_files)])
+                extra_sections=[teacher_section(tagged_files), _teacher_skips_section(manifest_paths, log)])
     log(f"table from {len(eval_files)} eval files → {out_md}")
+
+
+def _teacher_skips_section(manifest_paths: dict[str, str], log=print):
+    """A table section (cts.stats.table protocol): how many attempts the LLM teacher skipped
+    (teacher.on_invalid: skip). results/teacher/<task>/skipped.json is an input of every eval
+    cell, so the table is rebuilt whenever it changes."""
+
+    def section(ctx) -> list[str]:
+        counts = {}
+        for task, manifest in sorted(manifest_paths.items()):  # results/splits/<task>/manifest.json
+            results = os.path.dirname(os.path.dirname(os.path.dirname(manifest)))
+            path = os.path.join(results, "teacher", task, "skipped.json")
+            if os.path.exists(path) and read_json(path)["n_skipped"]:
+                counts[task] = read_json(path)["n_skipped"]
+        if not counts:
+            return []
+        ctx.extra_json["teacher_skips"] = counts
+        log(f"teacher skips noted in the table: {counts}")
+        return ["", "**Teacher skips** (`teacher.on_invalid: skip`): the LLM teacher's reply stayed invalid "
+                "after the re-asks for " + ", ".join(f"{n} attempt(s) of {t}" for t, n in counts.items())
+                + "; those problems are left out of training quadruples and of eval "
+                "(`results/teacher/<task>/skipped.json`)."]
+
+    return section
 
 
 def stats_human_eval_export(eval_files: list[str], test_paths: list[str], n_per_method: int, seed: int,
@@ -389,3 +531,59 @@ def stats_human_eval_export(eval_files: list[str], test_paths: list[str], n_per_
                           "seed": r["seed"], "prompt": prompts[r["problem_id"]], "response": r["completion"]})
     key = export_blinded_sample(items, n_per_method=n_per_method, seed=seed, out_csv=out_csv, out_key=out_key)
     log(f"human eval: {len(key)} blinded items → {out_csv} (key: {out_key})")
+
+
+# ----------------------------------------------------------------------------- report
+
+def render_table_html(md_path: str, out_html: str, log=print) -> None:
+    """results/table.md as an HTML fragment for `snakemake --report`: headings, pipe tables,
+    paragraphs, **bold** and `code` — the subset build_table writes (no markdown package needed)."""
+    import html
+    import re
+
+    def inline(text: str) -> str:
+        text = html.escape(text)
+        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+        text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+        return re.sub(r"(?<![*\w])\*([^*]+)\*(?![*\w])", r"<i>\1</i>", text)
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    with open(md_path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    out, para, i = [], [], 0
+
+    def flush():
+        if para:
+            out.append(f"<p>{inline(' '.join(para))}</p>")
+            para.clear()
+
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            flush()
+            level = min(6, len(line) - len(line.lstrip("#")))
+            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.strip().startswith("|") and i + 1 < len(lines) and re.match(r"^\s*\|[\s:|-]+\|\s*$", lines[i + 1]):
+            flush()
+            rows = ["<tr>" + "".join(f"<th>{inline(c)}</th>" for c in cells(line)) + "</tr>"]
+            i += 2
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                rows.append("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells(lines[i])) + "</tr>")
+                i += 1
+            out.append("<table border='1' cellpadding='3' style='border-collapse:collapse'>" + "".join(rows) + "</table>")
+            continue
+        elif line.strip().startswith(("- ", "* ")):
+            flush()
+            out.append(f"<ul><li>{inline(line.strip()[2:])}</li></ul>")
+        elif not line.strip():
+            flush()
+        else:
+            para.append(line.strip())
+        i += 1
+    flush()
+    from cts.io import atomic_write_text
+
+    atomic_write_text(out_html, "<html><body>\n" + "\n".join(out) + "\n</body></html>\n")
+    log(f"rendered {md_path} → {out_html}")

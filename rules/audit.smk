@@ -36,3 +36,24 @@ rule audit_provenance:
         teacher_cache=config.get("paths", {}).get("teacher_cache", "work/teacher_cache"),
     script:
         "../scripts/audit_provenance.py"
+
+
+# results/table.md rendered for `snakemake --report` (its figures come from stats_table).
+rule audit_report_table:
+    input:
+        "results/table.md",
+    output:
+        report(
+            "results/audit/table.html",
+            caption="../report/table.rst",
+            category="Table",
+        ),
+    log:
+        "logs/audit/audit_report_table/all.log",
+    benchmark:
+        "benchmarks/audit/audit_report_table/all.tsv"
+    conda:
+        "../envs/cts.yaml"
+    threads: 1
+    script:
+        "../scripts/audit_report_table.py"

@@ -2,20 +2,24 @@
 import os
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from cts.config import (
     Cell,
     cell_config,
     cells,
     check_consistency,
+    data_files,
     fairness_fields,
     fairness_view,
     method_ids,
+    validate_config,
 )
 
-validate(config, schema="../schemas/workflow_config.schema.yaml")
-check_consistency(config)
+# Every check runs here, while the DAG is built: a bad config stops before the first job, with
+# one line per bad key (its value and what is allowed), not a dump of the schema.
+SCHEMA = os.path.join(workflow.basedir, "schemas", "workflow_config.schema.yaml")
+validate_config(config, SCHEMA)
+check_consistency(config, SCHEMA)
 
 TASKS = config["tasks"]
 METHODS = method_ids(config)
@@ -63,9 +67,15 @@ def get_final_outputs():
         "results/power.md",
         "results/audit/provenance.json",
         "results/audit/dag.svg",
+        "results/audit/table.html",
         *get_eval_files(),
         *get_metrics_files(),
     ]
+
+
+def get_data_files(wildcards):
+    """Dataset files that shape a task's problems: editing one reruns what depends on it."""
+    return data_files(config, wildcards.task)
 
 
 def get_cell_config(wildcards):
@@ -80,6 +90,36 @@ def get_all_fairness():
         }
         for c in CELLS
     }
+
+
+def get_checkpoint_jobs():
+    """Every job that keeps a checkpoint state, with what names its state (cts.stages.*_state)."""
+    jobs = [
+        {
+            "kind": "base",
+            "task": t,
+            "train_path": f"results/splits/{t}/train.jsonl",
+            "model_cfg": config["model"],
+            "tokenizer": config["tokenizer"],
+            "base_cfg": config["base_policy"],
+            "ckpt_root": f"{CKPT_ROOT}/{t}/base",
+            "final": f"results/base/{t}/final.json",
+        }
+        for t in TASKS
+    ]
+    for c in CELLS:
+        jobs.append(
+            {
+                "kind": "cell",
+                "cell": cell_config(config, c.task, c.method, c.seed),
+                "base_final": f"results/base/{c.task}/final.json",
+                "train_path": f"results/splits/{c.task}/train.jsonl",
+                "tagged_path": f"results/taxonomy/{c.task}/tagged.jsonl",
+                "ckpt_root": f"{CKPT_ROOT}/{c.task}/{c.method}/seed{c.seed}",
+                "final": f"results/train/{c.task}/{c.method}/seed{c.seed}/final.json",
+            }
+        )
+    return jobs
 
 
 def get_eval_files():
@@ -124,3 +164,5 @@ localrules:
     stats_human_eval_export,
     audit_dag,
     audit_provenance,
+    audit_report_table,
+    clean_checkpoints,

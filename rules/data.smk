@@ -1,4 +1,6 @@
 rule data_prepare:
+    input:
+        get_data_files,
     output:
         "results/data/{task}/problems.jsonl",
     log:
@@ -31,5 +33,9 @@ rule data_split:
     threads: 1
     params:
         splits=config["splits"],
+        # splits a later stage reads: an empty one fails here, not in a training job
+        required_splits=sorted(
+            {"train", config["eval"]["split"], *config["rollouts"]["splits"]}
+        ),
     script:
         "../scripts/data_split.py"

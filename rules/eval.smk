@@ -3,6 +3,7 @@ rule eval_cell:
         final=get_eval_final,
         test=f"results/splits/{{task}}/{config['eval']['split']}.jsonl",
         tagged="results/taxonomy/{task}/tagged.jsonl",
+        skipped="results/teacher/{task}/skipped.json",
     output:
         "results/eval/{task}/{method}/seed{seed}/problems.jsonl",
     log:

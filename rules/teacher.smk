@@ -25,7 +25,9 @@ rule teacher_critique:
     input:
         "results/rollouts/{task}/attempts.jsonl",
     output:
-        "results/teacher/{task}/quadruples.jsonl",
+        quadruples="results/teacher/{task}/quadruples.jsonl",
+        # attempts left out under teacher.on_invalid: skip (eval leaves them out; the log counts them)
+        skipped="results/teacher/{task}/skipped.json",
     log:
         "logs/teacher/teacher_critique/{task}.log",
     benchmark:
@@ -35,6 +37,7 @@ rule teacher_critique:
     threads: 2
     params:
         teacher=config["teacher"],
+        eval_split=config["eval"]["split"],
         cache_dir=config.get("paths", {}).get("teacher_cache", "work/teacher_cache"),
     script:
         "../scripts/teacher_critique.py"

@@ -14,7 +14,10 @@ rule train_base:
         model=config["model"],
         tokenizer=config["tokenizer"],
         base_policy=config["base_policy"],
-        ckpt_dir=lambda w: f"{CKPT_ROOT}/{w.task}/base",
+        # checkpoints under <root>/<state digest>/ (config + inputs, cts.train.checkpoint.state_dir):
+        # a new config or new inputs never resume from another one's state
+        ckpt_root=lambda w: f"{CKPT_ROOT}/{w.task}/base",
+        monitor=config["monitor"],
         jax_threads=jax_threads_cap(),
     script:
         "../scripts/train_base.py"
@@ -57,7 +60,22 @@ rule train_cell:
     threads: JAX_THREADS
     params:
         cell=get_cell_config,
-        ckpt_dir=lambda w: f"{CKPT_ROOT}/{w.task}/{w.method}/seed{w.seed}",
+        ckpt_root=lambda w: f"{CKPT_ROOT}/{w.task}/{w.method}/seed{w.seed}",
+        monitor=config["monitor"],
         jax_threads=jax_threads_cap(),
     script:
         "../scripts/train_cell.py"
+
+
+# `make clean-checkpoints`: delete every checkpoint state under paths.checkpoints that no job of the
+# current config (with its current inputs) names. No output: it runs each time it is asked for.
+rule clean_checkpoints:
+    log:
+        "logs/train/clean_checkpoints/all.log",
+    conda:
+        "../envs/cts.yaml"
+    params:
+        root=CKPT_ROOT,
+        jobs=get_checkpoint_jobs(),
+    script:
+        "../scripts/clean_checkpoints.py"

@@ -5,4 +5,5 @@ from cts.script_support import stage_logger
 log = stage_logger(snakemake)
 from cts.stages import data_split
 
-data_split(snakemake.input[0], snakemake.params.splits, os.path.dirname(snakemake.output.manifest), log=log)
+data_split(snakemake.input[0], snakemake.params.splits, os.path.dirname(snakemake.output.manifest), log=log,
+           required_splits=tuple(snakemake.params.required_splits))

@@ -3,6 +3,6 @@ from cts.script_support import stage_logger
 log = stage_logger(snakemake)
 from cts.stages import eval_cell
 
-w = snakemake.wildcards
 eval_cell(snakemake.input.final, snakemake.input.test, snakemake.input.tagged, snakemake.params.eval,
-          snakemake.params.method, int(snakemake.params.seed), snakemake.output[0], log=log)
+          snakemake.params.method, int(snakemake.params.seed), snakemake.output[0], log=log,
+          skipped_path=snakemake.input.skipped)

@@ -120,3 +120,59 @@ def test_snakefmt_is_clean():
     out = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules/"], cwd=REPO,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ----------------------------------------------------------------------------- issue 11: one source of defaults
+
+def _schema():
+    return yaml.safe_load((REPO / "schemas" / "workflow_config.schema.yaml").read_text())
+
+
+def _schema_defaults(node, schema, path=()):
+    """(dotted path, default) of every schema default; `*` stands for any key of a map."""
+    from cts.config import _resolve
+
+    node = _resolve(node, schema)
+    out = []
+    if "default" in node and path:
+        out.append((path, node["default"]))
+    for k, sub in node.get("properties", {}).items():
+        out += _schema_defaults(sub, schema, path + (k,))
+    if isinstance(node.get("additionalProperties"), dict):
+        out += _schema_defaults(node["additionalProperties"], schema, path + ("*",))
+    return out
+
+
+def _lookup(cfg, path):
+    """Values at a path in workflow_config.yaml (every map entry for `*`); [] where the key is absent."""
+    nodes = [cfg]
+    for part in path:
+        nxt = []
+        for n in nodes:
+            if not isinstance(n, dict):
+                continue
+            if part == "*":
+                nxt += list(n.values())
+            elif part in n:
+                nxt.append(n[part])
+        nodes = nxt
+    return nodes
+
+
+def test_schema_defaults_equal_workflow_config_key_by_key():
+    """The schema's defaults are the embedded default's values: filling a missing key never gives
+    another experiment than workflow_config.yaml (before issue 11: train.steps 40 vs 30, emb_dim
+    128 vs 64, cts_batch_size 8 vs 4, primary_metric greedy vs sampled)."""
+    schema = _schema()
+    problems = []
+    for path, default in _schema_defaults(schema, schema):
+        if "*" in path:  # a per-task or per-method block is written out whole: no default to disagree
+            problems.append(f"{'.'.join(path)}: a default inside a per-entry block ({default!r})")
+            continue
+        values = _lookup(CONFIG, path)
+        if not values and _lookup(CONFIG, path[:-1]):
+            problems.append(f"{'.'.join(path)}: schema default {default!r}, not in workflow_config.yaml")
+        for v in values:
+            if v != default:
+                problems.append(f"{'.'.join(path)}: schema default {default!r} != workflow_config.yaml {v!r}")
+    assert not problems, "\n".join(problems)

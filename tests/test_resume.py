@@ -64,9 +64,9 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(inputs):
     subprocess.run(_job(inputs, "straight"), env=env, check=True, timeout=600)
 
     proc = subprocess.Popen(_job(inputs, "killed"), env=env)
-    ckpt = inputs / "ckpt" / "killed"
+    ckpt = inputs / "ckpt" / "killed"  # states live in <root>/<state digest>/ (config + inputs)
     deadline = time.time() + 600
-    while not (ckpt / "2").is_dir() and proc.poll() is None and time.time() < deadline:
+    while not list(ckpt.glob("*/2")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the job finished before it could be killed; make it longer"
     proc.send_signal(signal.SIGKILL)
@@ -74,7 +74,8 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(inputs):
     assert not (inputs / "killed.json").exists()  # no final output from a killed job
 
     subprocess.run(_job(inputs, "killed"), env=env, check=True, timeout=600)
-    log = (inputs / "ckpt" / "killed" / "metrics.live.jsonl").read_text()
+    (state,) = ckpt.glob("*/metrics.live.jsonl")  # the rerun resumed in the same state directory
+    log = state.read_text()
     assert len(log.splitlines()) == CELL["train"]["steps"]
     straight, resumed = read_json(inputs / "straight.json"), read_json(inputs / "killed.json")
     assert resumed["params_sha256"] == straight["params_sha256"]

@@ -109,6 +109,14 @@ class ResponseCache:
             self.stats.entries_written += 1
         return path
 
+    def delete(self, request: dict[str, Any]) -> bool:
+        """Remove the entry for `request` (a reply found invalid); True if there was one."""
+        try:
+            self.path_for(request_key(request)).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
     def provenance(self) -> dict[str, Any]:
         """Cache directory and counters, for a run's provenance record."""
         with self._lock:

@@ -20,7 +20,7 @@ from pathlib import Path
 from cts.io import DataError, atomic_write_json, atomic_write_jsonl, read_jsonl, sha256_file
 from cts.tasks.schema import Problem
 from cts.teachers.cache import ResponseCache
-from cts.teachers.llm import PROVIDERS, LLMTeacher, LLMTeacherConfig, TeacherError
+from cts.teachers.llm import PROVIDERS, InvalidReplyError, LLMTeacher, LLMTeacherConfig, TeacherError
 
 __all__ = ["load_attempts", "main", "run_teacher"]
 
@@ -57,15 +57,18 @@ def load_attempts(path: str | Path, task: str, split: str,
 
 
 def run_teacher(teacher: LLMTeacher, items: list[tuple[Problem, str]], workers: int = 1,
-                skip_failures: bool = False) -> tuple[list[dict], list[str]]:
-    """Critique every (problem, attempt); returns (Quadruple rows in input order, failed ids)."""
+                skip_failures: bool = False, skip_invalid: bool = False) -> tuple[list[dict], list[str]]:
+    """Critique every (problem, attempt); returns (Quadruple rows in input order, failed ids).
+
+    skip_invalid leaves out problems whose reply stayed invalid (teacher.on_invalid: skip);
+    skip_failures also those whose requests failed."""
 
     def one(item):
         problem, attempt = item
         try:
             return teacher.critique(problem, attempt).to_row(), None
         except TeacherError as e:
-            if not skip_failures:
+            if not (skip_failures or (skip_invalid and isinstance(e, InvalidReplyError))):
                 raise
             print(f"skipped: {e}", file=sys.stderr)
             return None, problem.id

@@ -11,7 +11,10 @@ One `critique` call:
      backoff with jitter on 429 / 5xx / 408 / timeouts / connection errors, `retry-after` honoured,
      no retry on other 4xx (400, 401, 403, ...);
   4. validates the reply against the JSON schema; an unusable reply is sent back with the validation
-     error appended, at most `max_reasks` times, then `TeacherError` naming the problem id;
+     error appended, at most `max_reasks` times, then `InvalidReplyError` naming the problem id.
+     The turns of a conversation enter the cache only once it ends in a valid reply: a reply that
+     stays invalid is recorded as failed in the cost log (never cached as an answer), so a rerun
+     asks the server again;
   5. appends one line per completion to the cost log (tokens, USD, latency, cache-hit flag).
 
 Secrets: API keys come only from ANTHROPIC_API_KEY / OPENAI_API_KEY, are read when the first real
@@ -54,6 +57,7 @@ __all__ = [
     "PRICES_AS_OF",
     "PRICES_USD_PER_MTOK",
     "CostLog",
+    "InvalidReplyError",
     "LLMTeacher",
     "LLMTeacherConfig",
     "MissingAPIKeyError",
@@ -99,6 +103,10 @@ _KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{6,})")  # provider key shapes: sk-
 
 class TeacherError(RuntimeError):
     """A teacher could not produce a record; the message names the problem id (never a key)."""
+
+
+class InvalidReplyError(TeacherError):
+    """The reply stayed unusable after the bounded re-asks (`teacher.on_invalid` decides: skip | fail)."""
 
 
 class MissingAPIKeyError(TeacherError):
@@ -282,6 +290,7 @@ def _import_sdk(provider: str):
 class _Completion:
     response: CachedResponse
     cache_hit: bool
+    request: dict[str, Any] | None = None
 
 
 @dataclass
@@ -373,8 +382,9 @@ class LLMTeacher:
                 "prompt_version": PROMPT_VERSION, **record})
 
     def complete(self, system: str, messages: list[dict[str, str]], problem_id: str,
-                 reask: int = 0) -> _Completion:
-        """The response to one request: from the cache, else via the API with retries."""
+                 reask: int = 0, store: bool = True) -> _Completion:
+        """The response to one request: from the cache, else via the API with retries.
+        store=False leaves a fresh response out of the cache (the caller stores it once valid)."""
         request = self._request(system, messages)
         key = request_key(request)
         t0 = time.perf_counter()
@@ -385,7 +395,7 @@ class LLMTeacher:
                           input_tokens=hit.input_tokens, output_tokens=hit.output_tokens,
                           cost_usd=0.0, latency_s=round(time.perf_counter() - t0, 4),
                           http_attempts=0)
-                return _Completion(hit, cache_hit=True)
+                return _Completion(hit, cache_hit=True, request=request)
         self._get_client()  # a missing key fails here, before any timing or logging
         t0 = time.perf_counter()  # latency = HTTP attempts + backoff, not SDK import
         failure: _CallFailure | None = None
@@ -409,9 +419,9 @@ class LLMTeacher:
                       input_tokens=response.input_tokens, output_tokens=response.output_tokens,
                       cost_usd=cost, latency_s=round(time.perf_counter() - t0, 4),
                       http_attempts=attempt + 1)
-            if self.cache is not None:
+            if self.cache is not None and store:
                 self.cache.put(request, response)
-            return _Completion(response, cache_hit=False)
+            return _Completion(response, cache_hit=False, request=request)
         n = attempt + 1
         self._log(problem_id=problem_id, reask=reask, cache_hit=False, cache_key=key,
                   input_tokens=0, output_tokens=0, cost_usd=0.0,
@@ -434,7 +444,8 @@ class LLMTeacher:
           and revision = attempt.
 
         Raises:
-          TeacherError: the API failed after retries, or no valid reply after max_reasks re-asks.
+          TeacherError: the API failed after retries.
+          InvalidReplyError: no valid reply after max_reasks re-asks (nothing of it is cached).
           MissingAPIKeyError: a real request was needed and the key variable is unset.
         """
         if not isinstance(attempt, str):
@@ -442,8 +453,11 @@ class LLMTeacher:
         steps = attempt_steps(problem.kind, attempt)
         system, messages = build_messages(problem, attempt)
         errors: list[str] = []
+        turns: list[_Completion] = []
         for reask in range(self.config.max_reasks + 1):
-            text = self.complete(system, messages, problem.id, reask).response.text
+            done = self.complete(system, messages, problem.id, reask, store=False)
+            turns.append(done)
+            text = done.response.text
             try:
                 reply = parse_response(text, problem.kind, len(steps))
                 break
@@ -452,9 +466,19 @@ class LLMTeacher:
                 messages = [*messages, {"role": "assistant", "content": text or "(empty reply)"},
                             {"role": "user", "content": reask_message(str(e))}]
         else:
-            raise TeacherError(
+            if self.cache is not None:  # an entry of an older run must not replay the failure either
+                for t in turns:
+                    if t.cache_hit:
+                        self.cache.delete(t.request)
+            self._log(problem_id=problem.id, reask=len(turns) - 1, cache_hit=False, input_tokens=0,
+                      output_tokens=0, cost_usd=0.0, failed="invalid reply", error=errors[-1][:300])
+            raise InvalidReplyError(
                 f"problem {problem.id!r}: {self.config.teacher_name} gave no valid reply after "
                 f"{self.config.max_reasks} re-ask(s); last error: {errors[-1]}")
+        if self.cache is not None:  # the whole conversation, so a rerun replays it without a request
+            for t in turns:
+                if not t.cache_hit:
+                    self.cache.put(t.request, t.response)
         return self._to_quadruple(problem, attempt, steps, reply)
 
     def _to_quadruple(self, problem: Problem, attempt: str, steps: list[tuple[int, int]],

@@ -38,11 +38,16 @@ from cts.train.batching import bucket_length, encode_prompt, make_batch
 from cts.train.checkpoint import CheckpointStore
 from cts.train.runtime import PolicyRuntime
 
-__all__ = ["LoopConfig", "MethodSpec", "NonFiniteError", "TrainData", "make_optimizer", "train"]
+__all__ = ["DeadRunError", "LoopConfig", "MethodSpec", "NonFiniteError", "TrainData", "make_optimizer", "train"]
 
 
 class NonFiniteError(FloatingPointError):
     """A loss term or the gradient became NaN/inf; the message names the term and the step."""
+
+
+class DeadRunError(RuntimeError):
+    """The run stopped learning: gradient norm exactly 0, or the NLL pinned at ln(vocab) (uniform
+    predictions), for `dead_run_steps` steps in a row; the message gives step, loss, lr, grad norm."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +64,8 @@ class LoopConfig:
     top_p: float = 1.0
     checkpoint_every: int = 10
     seed: int = 0
+    log_every: int = 10       # a progress line every N steps (monitor.log_every)
+    dead_run_steps: int = 20  # abort after N steps in a row with no learning signal (monitor.dead_run_steps)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,11 +105,15 @@ class TrainData:
     problems_by_id: dict[str, Problem] = field(default_factory=dict)
 
 
-def make_optimizer(cfg: LoopConfig) -> optax.GradientTransformation:
+def make_schedule(cfg: LoopConfig) -> optax.Schedule:
     decay_steps = max(cfg.steps, cfg.warmup_steps + 1)
-    schedule = optax.warmup_cosine_decay_schedule(
+    return optax.warmup_cosine_decay_schedule(
         init_value=0.0 if cfg.warmup_steps else cfg.learning_rate, peak_value=cfg.learning_rate,
         warmup_steps=cfg.warmup_steps, decay_steps=decay_steps, end_value=cfg.learning_rate * 0.1)
+
+
+def make_optimizer(cfg: LoopConfig) -> optax.GradientTransformation:
+    schedule = make_schedule(cfg)
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                        optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=cfg.weight_decay))
 
@@ -254,6 +265,42 @@ def _check_finite(metrics: dict, step: int) -> None:
             raise NonFiniteError(f"non-finite value in {term} at step {step}: {np.asarray(v)!r}")
 
 
+class _DeadRunMonitor:
+    """Counts consecutive steps without a learning signal: a gradient norm of exactly 0 (no
+    update at all), or — for an NLL loss — a loss within 1e-3 of ln(vocab), the loss of uniform
+    predictions (a collapsed model). One such step happens legitimately (GRPO groups whose
+    rewards are all equal, at step 0 where the KL gradient is 0); `n` of them in a row do not."""
+
+    def __init__(self, n: int, ln_vocab: float, nll: bool):
+        self.n, self.ln_vocab, self.nll, self.run, self.why = n, ln_vocab, nll, 0, ""
+
+    def update(self, step: int, metrics: dict, lr: float) -> None:
+        loss, gnorm = metrics["loss"], metrics["grad_norm"]
+        pinned = self.nll and abs(loss - self.ln_vocab) < 1e-3
+        if gnorm == 0.0 or pinned:
+            self.run += 1
+            self.why = "gradient norm exactly 0" if gnorm == 0.0 else f"loss pinned at ln(vocab) = {self.ln_vocab:.4f}"
+        else:
+            self.run = 0
+        if self.n and self.run >= self.n:
+            raise DeadRunError(
+                f"dead run: {self.why} for {self.run} steps in a row (monitor.dead_run_steps = {self.n}); "
+                f"at step {step}: loss {loss:.6g}, lr {lr:.3g}, grad norm {gnorm:.3g}. "
+                "Lower the learning rate (a too-large one collapses the model) or check the data and rewards")
+
+
+def _progress_line(step: int, loop: LoopConfig, metrics: dict, host: dict, lr: float, step_s: float,
+                   elapsed_s: float, steps_done: int) -> str:
+    """`step 20/30 loss 0.41 reward/mean 0.52 ... 1.9 s/step lr 1.0e-04 ETA 19 s`."""
+    keys = [k for k in ("reward/mean", "reward/accuracy", "sft/token_nll", "dpo/accuracy", "grpo/kl",
+                        "cts/align", "cts/decode", "cts/energy") if k in {**host, **metrics}]
+    vals = {**metrics, **host}
+    eta = elapsed_s / max(1, steps_done) * (loop.steps - step - 1)  # elapsed_s excludes the compile step
+    return (f"step {step + 1}/{loop.steps} loss {metrics['loss']:.4f} "
+            + "".join(f"{k} {vals[k]:.3f} " for k in keys)
+            + f"grad {metrics['grad_norm']:.3g} {step_s:.2f} s/step lr {lr:.2e} ETA {eta:.0f} s")
+
+
 def _resume_metrics(path: str, start: int) -> list[dict]:
     """Metric lines of steps < start (later lines were written after the last checkpoint)."""
     rows = []
@@ -290,9 +337,10 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, spec: MethodSpec, 
     store = CheckpointStore(ckpt_dir)
     metrics_path = os.path.join(ckpt_dir, "metrics.live.jsonl")
     start = 0
-    latest = store.latest_step()
+    # ckpt_dir is named by the digest of this job's config and inputs (cts.train.checkpoint.state_dir),
+    # so whatever is here was written by this same job; an unreadable latest step falls back to the one before
+    latest, restored = store.restore_latest({"params": params, "opt_state": opt_state}, log=log)
     if latest is not None:
-        restored = store.restore(latest, {"params": params, "opt_state": opt_state})
         params, opt_state, start = restored["params"], restored["opt_state"], latest
         log(f"resumed from checkpoint step {latest} in {ckpt_dir}")
     # Commit the whole state to the mesh the jitted step returns it on (optax creates its step
@@ -313,6 +361,9 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, spec: MethodSpec, 
     else:
         pad_to = _grpo_pad_length(runtime, data, loop)
 
+    schedule = make_schedule(loop)
+    dead = _DeadRunMonitor(loop.dead_run_steps, math.log(runtime.model_cfg.vocab_size), nll=spec.loss == "sft")
+    t_start = time.perf_counter()
     with open(metrics_path, "a") as mlog:
         for step in range(start, loop.steps):
             t0 = time.perf_counter()
@@ -334,15 +385,20 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, spec: MethodSpec, 
             params, opt_state, metrics = step_fn(params, opt_state, ref_params, dev_batch)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             _check_finite(metrics, step)
+            lr = float(schedule(step))
+            dead.update(step, metrics, lr)
             # time/* keys are wall-clock; every other key is a deterministic function of (config, seed)
-            row = {"step": step, **host, **metrics, "time/step_s": time.perf_counter() - t0}
+            row = {"step": step, **host, **metrics, "lr": lr, "time/step_s": time.perf_counter() - t0}
             rows.append(row)
             mlog.write(json.dumps(row, sort_keys=True) + "\n")
             mlog.flush()
             if (step + 1) % loop.checkpoint_every == 0 or step + 1 == loop.steps:
                 store.save(step + 1, {"params": params, "opt_state": opt_state})
-            if step % 10 == 0 or step + 1 == loop.steps:
-                log(f"step {step + 1}/{loop.steps} loss {metrics['loss']:.4f} "
-                    + " ".join(f"{k} {v:.3f}" for k, v in host.items() if k.startswith("reward")))
+            if step == start:  # the first step compiles: the ETA uses the steps after it
+                t_start = time.perf_counter()
+            if step % loop.log_every == 0 or step + 1 == loop.steps:
+                done = step - start  # steps timed since the compile step
+                log(_progress_line(step, loop, metrics, host, lr, row["time/step_s"],
+                                   time.perf_counter() - t_start if done else row["time/step_s"], max(1, done)))
     store.close()
     return params, rows
