@@ -153,8 +153,10 @@ def get_power_plan():
     }
 
 
-# Cheap bookkeeping rules run where Snakemake runs, never on a TPU VM (gcp_tpu profile).
+# Cheap bookkeeping rules run where Snakemake runs, never as a TPU JobSet (gcp_tpu profile); so does
+# teacher_critique: it calls the teacher's API with the key of the local environment.
 localrules:
+    teacher_critique,
     data_prepare,
     data_split,
     taxonomy_tag,

@@ -325,3 +325,52 @@ def test_profile_options_are_known_to_snakemake():
     for key in ("submit", "status", "cancel"):
         path = PROFILE / profile[f"cluster-generic-{key}-cmd"]
         assert path.is_file() and os.access(path, os.X_OK), path
+
+
+def test_plan_is_a_dry_run_without_credentials(tmp_path):
+    """`gcp_tpu/plan.py` on the tiny config: localrules here, train_base as a JobSet, every output
+    under gs://; no credentials, no kubernetes client (poisoned), no image needed."""
+    poison = tmp_path / "poison" / "kubernetes"
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text("raise ImportError('the plan imported the kubernetes client')\n")
+    env = base_env(PYTHONPATH=f"{poison.parent}{os.pathsep}{REPO}", CTS_GCS_BUCKET="my-bucket",
+                   HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), CTS_TPU_SPOT="1")
+    env.pop("CTS_IMAGE")
+    env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+    out = subprocess.run([sys.executable, str(PROFILE / "plan.py"), "results/base/synth_math/final.json",
+                          "--configfile", str(REPO / "tests/config_tiny/config.yaml")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "data_prepare (job" in text and "localrule (runs here)" in text
+    assert "train_base (job 0, task=synth_math): JobSet cts-train-base-0-000000, 1 x v6e-4 (Spot)" in text
+    assert "    -> gs://my-bucket/cts/results/base/synth_math/final.json" in text
+    manifests = [d for d in yaml.safe_load_all(text.split("\n---\n", 1)[1]) if d]
+    assert [m["metadata"]["name"] for m in manifests] == ["cts-train-base-0-000000"]
+
+
+def test_teacher_critique_and_cheap_rules_are_local():
+    from cts.cloud.plan import local_rules
+
+    local = local_rules(REPO)
+    assert {"teacher_critique", "data_prepare", "data_split", "taxonomy_tag", "stats_table"} <= local
+    assert not local & {"train_base", "train_cell", "teacher_rollouts", "eval_cell"}  # JAX jobs: TPU
+
+
+def test_image_installs_everything_at_build_time():
+    """The Dockerfile installs the lock and jax[tpu] at the lock's JAX version; the profile runs no
+    install step (no bootstrap script; the pod runs the jobscript only)."""
+    import re
+
+    docker = (REPO / "Dockerfile").read_text()
+    lock_jax = re.search(r"^jax==(\S+)$", (REPO / "requirements.lock").read_text(), re.M).group(1)
+    version = subprocess.run(["sed", "-n", "s/^jax==//p", str(REPO / "requirements.lock")],
+                             capture_output=True, text=True).stdout.strip()
+    assert version == lock_jax  # the Dockerfile's extraction reads the locked version
+    assert "pip install -q -r requirements.lock" in docker and '"jax[tpu]==${JAX_VERSION}"' in docker
+    build = yaml.safe_load((REPO / "cloudbuild.yaml").read_text())
+    assert build["images"] == ["${_REPO}/cts:${COMMIT_SHA}"]
+    assert not (PROFILE / "bootstrap.sh").exists()
+    m = render_jobset(JobSpec(name="a", image=IMAGE, command="echo job"))
+    assert m["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "bash", "-c", "echo job"]
