@@ -374,3 +374,59 @@ def test_image_installs_everything_at_build_time():
     m = render_jobset(JobSpec(name="a", image=IMAGE, command="echo job"))
     assert m["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]["command"] == [
         "bash", "-c", "echo job"]
+
+
+# ------------------------------------------------------------------ no shared filesystem, end to end
+
+def _fake_node_run(tmp_path: Path, checkpoints: str | None, target: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Real snakemake → cluster-generic → gcp_tpu/submit.py in fake-node mode: every TPU job runs in
+    its own fresh directory with only its declared inputs; only declared outputs come back."""
+    work, nodes = tmp_path / "work", tmp_path / "nodes"
+    work.mkdir()
+    nodes.mkdir()
+    cfg = yaml.safe_load((REPO / "tests/config_tiny/config.yaml").read_text())
+    cfg.update(tasks=["synth_math"], methods=["B3"], ablations=[], seeds=[0])
+    if checkpoints:
+        cfg.setdefault("paths", {})["checkpoints"] = checkpoints
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    profile = yaml.safe_load((PROFILE / "profile.yaml").read_text())
+    for key in ("default-storage-provider", "default-storage-prefix", "storage-gcs-project", "shared-fs-usage",
+                "local-storage-prefix"):
+        profile.pop(key)  # the fake node isolates each job; Snakemake's own side keeps its workdir
+    for key in ("submit", "status", "cancel"):
+        profile[f"cluster-generic-{key}-cmd"] = f"{sys.executable} {PROFILE / profile[f'cluster-generic-{key}-cmd']}"
+    profile.update({"seconds-between-status-checks": 1, "latency-wait": 3, "retries": 0, "jobs": 1, "cores": 2})
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile" / "profile.yaml").write_text(yaml.safe_dump(profile))
+    env = base_env(CTS_FAKE_NODE_ROOT=str(nodes), PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+         "--directory", str(work), "--profile", str(tmp_path / "profile"), target,
+         "--configfile", str(work / "config.yaml")],
+        cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    return out, nodes
+
+
+@pytest.mark.slow
+def test_no_shared_filesystem_loses_weights_kept_outside_storage(tmp_path):
+    """Today's default (paths.checkpoints: work/checkpoints, on the node's disk): train_base succeeds
+    on its node, the weights die with it, and teacher_rollouts on a new node cannot find them."""
+    out, nodes = _fake_node_run(tmp_path, None, "results/rollouts/synth_math/attempts.jsonl")
+    assert out.returncode != 0
+    results = {p.name.rsplit("-", 2)[0]: (p / "result").read_text().strip() for p in nodes.iterdir()}
+    assert results == {"cts-train-base": "success", "cts-teacher-rollouts": "failed"}
+    log = (tmp_path / "work/logs/teacher/teacher_rollouts/synth_math.log").read_text()
+    assert "FileNotFoundError: no parameters at" in log and "/work/checkpoints/synth_math/base/" in log
+
+
+@pytest.mark.slow
+def test_no_shared_filesystem_runs_with_state_in_the_bucket(tmp_path):
+    """paths.checkpoints in the bucket (here a local directory standing in for gs://…): every job on
+    its own fresh node, and the DAG runs through base policy and rollouts."""
+    bucket = tmp_path / "bucket"
+    out, nodes = _fake_node_run(tmp_path, str(bucket / "checkpoints"), "results/rollouts/synth_math/attempts.jsonl")
+    assert out.returncode == 0, out.stderr[-3000:]
+    final = json.loads((tmp_path / "work/results/base/synth_math/final.json").read_text())
+    assert final["params_dir"].startswith(str(bucket))
+    assert sorted(p.name.rsplit("-", 2)[0] for p in nodes.iterdir()) == ["cts-teacher-rollouts", "cts-train-base"]
+    assert not (tmp_path / "work" / "work").exists()  # nothing written to the workdir outside outputs

@@ -22,6 +22,9 @@ import json
 import os
 import re
 import secrets
+import shlex
+import shutil
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -135,6 +138,8 @@ def submit(jobscript: str | os.PathLike, env: Mapping[str, str] | None = None, a
     props, text = parse_jobscript(jobscript)
     name = make_job_name(settings.run_name, props)
     manifest = render_jobset(job_spec(props, text, settings, name), settings.namespace)
+    if env.get("CTS_FAKE_NODE_ROOT"):
+        return _run_on_fake_node(name, props, text, Path(env["CTS_FAKE_NODE_ROOT"]), env)
     if dry_run(env):
         print(f"DRY_RUN: JobSet {name} (nothing submitted):\n" + yaml.safe_dump(manifest, sort_keys=False),
               file=out, flush=True)
@@ -170,6 +175,9 @@ def status_of(jobset: Mapping | None) -> str:
 def status(name: str, env: Mapping[str, str] | None = None, api=None) -> str:
     env = os.environ if env is None else env
     validate_k8s_name(name, "job id")
+    if env.get("CTS_FAKE_NODE_ROOT"):
+        result = Path(env["CTS_FAKE_NODE_ROOT"]) / name / "result"
+        return result.read_text().strip() if result.exists() else "failed"
     if dry_run(env):
         return "failed"  # a dry run submits nothing; failing stops Snakemake at once
     settings = ClusterSettings.from_env(env)
@@ -208,3 +216,53 @@ def cancel(names: list[str], env: Mapping[str, str] | None = None, api=None) -> 
                 raise RuntimeError(f"deleting JobSet {n}: {_api_error(e)}") from e
             lines.append(f"JobSet {n} already gone")
     return lines
+
+
+# ---------------------------------------------------------------- fake node (tests)
+
+def _declared(props: JobProperties) -> tuple[list[str], list[str]]:
+    """(inputs, outputs + logs) the job declares, as paths relative to the workdir."""
+    def paths(value):
+        if isinstance(value, dict):
+            value = list(value.values())
+        return [str(v) for v in (value or []) if isinstance(v, str)]
+    outs = paths(props.get("output")) + paths(props.get("log"))
+    return paths(props.get("input")), outs
+
+
+def _run_on_fake_node(name: str, props: JobProperties, text: str, root: Path, env: Mapping[str, str]) -> str:
+    """CTS_FAKE_NODE_ROOT (tests): run the job like a pod with no shared filesystem would — in a fresh
+    directory holding only the job's declared inputs (copied from the workdir, which stands in for
+    the bucket); only its declared outputs and logs come back. State kept anywhere else (say, weights
+    next to the outputs but not declared) is lost, as it is with a real pod. Runs to completion
+    before returning; `status` reads the result file."""
+    workdir = Path.cwd()
+    node = root / name / "work"
+    node.mkdir(parents=True)
+    inputs, outputs = _declared(props)
+    for rel in inputs:
+        src = workdir / rel
+        if Path(rel).is_absolute() or not src.exists():
+            continue  # absolute paths (the sources, the bucket stand-in) are reachable from the pod
+        (node / rel).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, node / rel)
+    cd_here = f"cd {shlex.quote(str(workdir))}"
+    if cd_here not in text:
+        raise RuntimeError(f"fake node: the jobscript of {name} does not start with {cd_here!r}")
+    script = root / name / "job.sh"
+    script.write_text(text.replace(cd_here, f"cd {shlex.quote(str(node))}"), encoding="utf-8")
+    with open(root / name / "log", "w") as log:
+        rc = subprocess.run(["bash", str(script)], cwd=node, env=dict(env), stdout=log, stderr=log).returncode
+    # benchmark files are outputs too, but the jobscript's properties do not name them
+    benchmarks = [str(p.relative_to(node)) for p in (node / "benchmarks").rglob("*") if p.is_file()]
+    for rel in outputs + benchmarks:
+        src = node / rel
+        if not Path(rel).is_absolute() and src.exists():
+            (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, workdir / rel, dirs_exist_ok=True)
+            else:
+                shutil.copy2(src, workdir / rel)
+    (root / name / "result").write_text("success\n" if rc == 0 else "failed\n")
+    shutil.rmtree(node, ignore_errors=True)  # the pod is gone
+    return name
