@@ -3,6 +3,8 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
+from cts.cloud.state import check_state_paths
+
 from cts.config import (
     Cell,
     cell_config,
@@ -29,6 +31,11 @@ CELLS = cells(config)
 # shows what training added; its greedy answers are the same for every seed, its samples are not.
 EVAL_CELLS = CELLS + [Cell(t, "base", s) for t in TASKS for s in config["seeds"]]
 CKPT_ROOT = config.get("paths", {}).get("checkpoints", "work/checkpoints")
+# Jobs without a shared filesystem (gcp_tpu) need checkpoints where every pod sees them.
+try:
+    check_state_paths(config, workflow.storage_settings.shared_fs_usage)
+except ValueError as e:
+    raise WorkflowError(str(e))
 
 
 # Each JAX job uses resources.jax_threads CPUs of its own (a CPU slot, cts.train.runtime). It

@@ -345,6 +345,7 @@ def test_plan_is_a_dry_run_without_credentials(tmp_path):
     assert "data_prepare (job" in text and "localrule (runs here)" in text
     assert "train_base (job 0, task=synth_math): JobSet cts-train-base-0-000000, 1 x v6e-4 (Spot)" in text
     assert "    -> gs://my-bucket/cts/results/base/synth_math/final.json" in text
+    assert "# PROBLEM: paths.checkpoints: 'work/checkpoints' is relative" in text  # the tiny config's
     manifests = [d for d in yaml.safe_load_all(text.split("\n---\n", 1)[1]) if d]
     assert [m["metadata"]["name"] for m in manifests] == ["cts-train-base-0-000000"]
 
@@ -430,3 +431,31 @@ def test_no_shared_filesystem_runs_with_state_in_the_bucket(tmp_path):
     assert final["params_dir"].startswith(str(bucket))
     assert sorted(p.name.rsplit("-", 2)[0] for p in nodes.iterdir()) == ["cts-teacher-rollouts", "cts-train-base"]
     assert not (tmp_path / "work" / "work").exists()  # nothing written to the workdir outside outputs
+
+
+def test_checkpoints_must_be_where_every_pod_sees_them():
+    from cts.cloud.state import check_state_paths
+
+    relative = {"paths": {"checkpoints": "work/checkpoints"}}
+    with pytest.raises(ValueError, match="paths.checkpoints: 'work/checkpoints' is relative"):
+        check_state_paths(relative, [])  # shared-fs-usage: none
+    with pytest.raises(ValueError, match="paths.checkpoints"):
+        check_state_paths({}, [])  # the default is relative too
+    check_state_paths(relative, ["persistence", "input-output"])  # one filesystem: fine
+    check_state_paths({"paths": {"checkpoints": "/gcs/cts/checkpoints"}}, [])
+    check_state_paths({"paths": {"checkpoints": "gs://b/cts/checkpoints"}}, [])
+
+
+def test_bucket_mount_in_every_pod():
+    settings = ClusterSettings.from_env({"CTS_IMAGE": IMAGE, "CTS_GCSFUSE_BUCKET": "my-bucket",
+                                         "CTS_K8S_SERVICE_ACCOUNT": "cts-runner"})
+    m = render_jobset(job_spec(JobProperties({"rule": "train_base"}), "true", settings, "cts-a-0-abcdef"))
+    tmpl = m["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    assert tmpl["metadata"]["annotations"] == {"gke-gcsfuse/volumes": "true"}
+    assert tmpl["spec"]["serviceAccountName"] == "cts-runner"
+    gcs = next(v for v in tmpl["spec"]["volumes"] if v["name"] == "gcs")
+    assert gcs["csi"] == {"driver": "gcsfuse.csi.storage.gke.io",
+                          "volumeAttributes": {"bucketName": "my-bucket", "mountOptions": "implicit-dirs"}}
+    assert {"mountPath": "/gcs", "name": "gcs"} in tmpl["spec"]["containers"][0]["volumeMounts"]
+    with pytest.raises(CloudConfigError, match="CTS_GCSFUSE_BUCKET"):
+        ClusterSettings.from_env({"CTS_IMAGE": IMAGE, "CTS_GCSFUSE_BUCKET": "gs://x/../y"})

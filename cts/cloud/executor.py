@@ -105,6 +105,7 @@ def job_spec(props: JobProperties, command: str, settings: ClusterSettings, name
         tpu_type=str(res.get("tpu_type") or settings.tpu_type), slices=slices, spot=bool(spot),
         queue=settings.queue, max_restarts=settings.max_restarts,
         labels={"cts/rule": _slug(props.rule, 63), "cts/snakemake-jobid": _slug(props.jobid, 63)},
+        gcsfuse_bucket=settings.gcsfuse_bucket, service_account=settings.service_account,
     )
 
 

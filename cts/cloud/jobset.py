@@ -34,6 +34,8 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 K8S_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
 # An image pinned by digest: registry/path@sha256:<64 hex>. A tag can move; a digest cannot.
 IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9.:-]*(/[a-z0-9][a-z0-9._-]*)+@sha256:[0-9a-f]{64}$")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+GCSFUSE_MOUNT = "/gcs"  # where the bucket appears in every pod (paths.checkpoints: /gcs/...)
 QUEUE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -103,6 +105,8 @@ class JobSpec:
     max_restarts: int = 3
     env: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)
+    gcsfuse_bucket: str | None = None  # mount gs://<bucket> at /gcs (Cloud Storage FUSE CSI driver)
+    service_account: str | None = None  # Kubernetes SA bound by Workload Identity to a GCS writer
 
     def __post_init__(self):
         validate_k8s_name(self.name, "JobSet name")
@@ -114,6 +118,10 @@ class JobSpec:
             raise CloudConfigError(f"CTS_MAX_RESTARTS: {self.max_restarts!r} is not an integer in 0..100")
         if not QUEUE_RE.match(self.queue or ""):
             raise CloudConfigError(f"CTS_KUEUE_QUEUE: {self.queue!r} is not a Kueue LocalQueue name")
+        if self.gcsfuse_bucket is not None and not BUCKET_RE.match(self.gcsfuse_bucket):
+            raise CloudConfigError(f"CTS_GCSFUSE_BUCKET: {self.gcsfuse_bucket!r} is not a bucket name")
+        if self.service_account is not None and not QUEUE_RE.match(self.service_account):
+            raise CloudConfigError(f"CTS_K8S_SERVICE_ACCOUNT: {self.service_account!r} is not a service account name")
         for key in self.env:
             if not re.match(r"^[A-Z_][A-Z0-9_]*$", key):
                 raise CloudConfigError(f"container env: {key!r} is not an environment variable name")
@@ -141,6 +149,15 @@ def render_jobset(spec: JobSpec, namespace: str = "default") -> dict:
     # signal, e.g. SIGTERM on preemption) fail only the Job, which the JobSet restarts; any other
     # non-zero exit is a real failure and fails the JobSet at once, without burning restarts.
     restartable = [42, *range(127, 256)]
+    mounts = [{"mountPath": "/dev/shm", "name": "dshm"}]
+    volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    pod_annotations = {}
+    if spec.gcsfuse_bucket:  # checkpoints and final weights live in the bucket, seen by every pod
+        pod_annotations["gke-gcsfuse/volumes"] = "true"
+        mounts.append({"mountPath": GCSFUSE_MOUNT, "name": "gcs"})
+        volumes.append({"name": "gcs", "csi": {"driver": "gcsfuse.csi.storage.gke.io", "volumeAttributes": {
+            "bucketName": spec.gcsfuse_bucket, "mountOptions": "implicit-dirs"}}})
+    pod_spec_extra = {"serviceAccountName": spec.service_account} if spec.service_account else {}
     labels = {QUEUE_LABEL: spec.queue, "app.kubernetes.io/managed-by": "cts-gcp-tpu", **spec.labels}
     return {
         "apiVersion": f"{JOBSET_GROUP}/{JOBSET_VERSION}",
@@ -169,7 +186,8 @@ def render_jobset(spec: JobSpec, namespace: str = "default") -> dict:
                         "onExitCodes": {"containerName": "jax-tpu", "operator": "NotIn", "values": restartable},
                     }]},
                     "template": {
-                        "metadata": {"labels": {"cts/jobset": spec.name}},
+                        "metadata": {"labels": {"cts/jobset": spec.name},
+                                     **({"annotations": pod_annotations} if pod_annotations else {})},
                         "spec": {
                             "schedulerName": "default-scheduler",
                             "restartPolicy": "Never",
@@ -178,6 +196,7 @@ def render_jobset(spec: JobSpec, namespace: str = "default") -> dict:
                             "hostNetwork": True,
                             "dnsPolicy": "ClusterFirstWithHostNet",
                             "terminationGracePeriodSeconds": 30,
+                            **pod_spec_extra,
                             "containers": [{
                                 "name": "jax-tpu",
                                 "image": spec.image,
@@ -187,9 +206,9 @@ def render_jobset(spec: JobSpec, namespace: str = "default") -> dict:
                                 "ports": [{"containerPort": 8471}, {"containerPort": 8080}],
                                 "securityContext": {"privileged": True},
                                 "resources": {"limits": {"google.com/tpu": shape.chips_per_host}},
-                                "volumeMounts": [{"mountPath": "/dev/shm", "name": "dshm"}],
+                                "volumeMounts": mounts,
                             }],
-                            "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+                            "volumes": volumes,
                         },
                     },
                 }},

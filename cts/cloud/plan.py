@@ -91,6 +91,17 @@ def plan(snakemake_args: list[str], project: Path, profile: Path, env: Mapping[s
     if res.returncode != 0:
         raise RuntimeError(f"snakemake -n failed (rc {res.returncode}):\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
     jobs = parse_dry_run(res.stdout)
+    from cts.cloud.state import check_state_paths
+
+    try:  # the run itself (shared-fs-usage: none) stops on this; say so in the plan too
+        config_files = [a for a in snakemake_args if a.endswith((".yaml", ".yml"))]
+        cfg_all: dict = {}
+        for f in [project / "workflow_config.yaml", *map(Path, config_files)]:
+            if f.exists():
+                cfg_all.update(yaml.safe_load(f.read_text()) or {})
+        check_state_paths(cfg_all, [])
+    except ValueError as e:
+        print(f"# PROBLEM: {e}", file=out)
     local = local_rules(project)
     print(f"# gcp_tpu plan: {len(jobs)} jobs from an empty bucket; outputs under {prefix}/ "
           f"(the bucket is not read: run `snakemake --profile gcp_tpu -n` with credentials for what is "

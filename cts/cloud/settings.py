@@ -76,6 +76,9 @@ class ClusterSettings:
       max_restarts: JobSet failurePolicy.maxRestarts (CTS_MAX_RESTARTS, default 3): preemptions
         restart the pods in place; only a JobSet that exhausts them reports `failed`.
       run_name: prefix of every JobSet name (CTS_RUN_NAME, default cts).
+      gcsfuse_bucket: mount this bucket at /gcs in every pod (CTS_GCSFUSE_BUCKET): where
+        paths.checkpoints must point (cts.cloud.state); service_account: the pods' Kubernetes
+        service account with write access to it (CTS_K8S_SERVICE_ACCOUNT, Workload Identity).
       api_url: talk to this API server without credentials (CTS_K8S_API: `kubectl proxy` or a
         test server); otherwise the current kubeconfig context (CTS_K8S_CONTEXT to pick one).
     """
@@ -90,9 +93,11 @@ class ClusterSettings:
     run_name: str = "cts"
     api_url: str | None = None
     context: str | None = None
+    gcsfuse_bucket: str | None = None
+    service_account: str | None = None
 
     def __post_init__(self):
-        from cts.cloud.jobset import QUEUE_RE, tpu_shape, validate_image
+        from cts.cloud.jobset import BUCKET_RE, QUEUE_RE, tpu_shape, validate_image
 
         validate_image(self.image)
         _check(self.queue, QUEUE_RE, "CTS_KUEUE_QUEUE", "multislice-queue")
@@ -105,6 +110,10 @@ class ClusterSettings:
         validate_run_name(self.run_name)
         if self.api_url is not None:
             _check(self.api_url, API_URL_RE, "CTS_K8S_API", "http://127.0.0.1:8001")
+        if self.gcsfuse_bucket is not None and not BUCKET_RE.match(self.gcsfuse_bucket):
+            raise CloudConfigError(f"CTS_GCSFUSE_BUCKET: {self.gcsfuse_bucket!r} is not a bucket name")
+        if self.service_account is not None:
+            _check(self.service_account, QUEUE_RE, "CTS_K8S_SERVICE_ACCOUNT", "cts-runner")
         if self.context is not None:
             _check(self.context, re.compile(r"^[A-Za-z0-9_.:@/-]{1,200}$"), "CTS_K8S_CONTEXT",
                    "gke_my-proj_us-east5_cts")
@@ -130,6 +139,8 @@ class ClusterSettings:
             run_name=env.get("CTS_RUN_NAME") or d["run_name"].default,
             api_url=env.get("CTS_K8S_API") or None,
             context=env.get("CTS_K8S_CONTEXT") or None,
+            gcsfuse_bucket=env.get("CTS_GCSFUSE_BUCKET") or None,
+            service_account=env.get("CTS_K8S_SERVICE_ACCOUNT") or None,
         )
 
     def to_dict(self) -> dict:
