@@ -408,7 +408,7 @@ def _fake_node_run(tmp_path: Path, checkpoints: str | None, target: str) -> tupl
     return out, nodes
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_no_shared_filesystem_loses_weights_kept_outside_storage(tmp_path):
     """Today's default (paths.checkpoints: work/checkpoints, on the node's disk): train_base succeeds
     on its node, the weights die with it, and teacher_rollouts on a new node cannot find them."""
@@ -459,3 +459,17 @@ def test_bucket_mount_in_every_pod():
     assert {"mountPath": "/gcs", "name": "gcs"} in tmpl["spec"]["containers"][0]["volumeMounts"]
     with pytest.raises(CloudConfigError, match="CTS_GCSFUSE_BUCKET"):
         ClusterSettings.from_env({"CTS_IMAGE": IMAGE, "CTS_GCSFUSE_BUCKET": "gs://x/../y"})
+
+
+def test_paper_config_with_bucket_paths_is_valid_and_passes_the_state_check():
+    """The README's one command: config/paper.yaml + gcp_tpu/paths.yaml over workflow_config.yaml."""
+    from cts.cloud.state import check_state_paths
+    from cts.config import validate_config
+
+    cfg = yaml.safe_load((REPO / "workflow_config.yaml").read_text())
+    for extra in ("config/paper.yaml", "gcp_tpu/paths.yaml"):
+        for key, value in yaml.safe_load((REPO / extra).read_text()).items():
+            cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+    validate_config(cfg, REPO / "schemas" / "workflow_config.schema.yaml")
+    check_state_paths(cfg, [])
+    assert cfg["paths"]["checkpoints"] == "/gcs/cts/checkpoints"
