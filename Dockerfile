@@ -1,9 +1,9 @@
 # One image per commit for the gcp_tpu profile (gcp_tpu/README.md "Build the image"):
 #   gcloud builds submit --config cloudbuild.yaml --substitutions=_REPO=us-docker.pkg.dev/$PROJECT/cts
 # Everything a job needs is installed here, at build time; a TPU node installs nothing at run time.
-# Each job's Snakemake runs inside the container in /workspace: with `shared-fs-usage: none` the
-# jobscript first fetches the run's sources from the bucket (`snakemake --deploy-sources`), names the
-# Snakefile relatively and calls plain `python` (this venv).
+# Each job's Snakemake runs inside the container in /workspace on these sources (cluster-generic ships
+# none): with `shared-fs-usage: none` the jobscript names the Snakefile and config files relatively
+# and calls plain `python` (this venv). Run Snakemake from a checkout at the image's commit.
 FROM python:3.12-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \

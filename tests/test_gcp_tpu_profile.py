@@ -178,6 +178,15 @@ def test_jobscript_parsing_errors_name_the_file(tmp_path):
     assert parse_jobscript(p)[0].resources == {"tpu_type": "v6e-8"}
 
 
+def test_configfiles_must_be_in_the_image():
+    from cts.cloud.executor import check_configfiles
+
+    check_configfiles("python -m snakemake --configfiles 'config/paper.yaml' 'gcp_tpu/paths.yaml' --nocolor")
+    for bad in ("/home/me/c.yaml", "../c.yaml"):
+        with pytest.raises(CloudConfigError, match="outside the checkout"):
+            check_configfiles(f"python -m snakemake --configfiles 'config/a.yaml' '{bad}' --nocolor")
+
+
 def test_status_from_jobset_conditions():
     assert status_of(None) == "failed"
     assert status_of({"status": {}}) == "running"
@@ -420,7 +429,7 @@ def test_no_shared_filesystem_loses_weights_kept_outside_storage(tmp_path):
     assert "FileNotFoundError: no parameters at" in log and "/work/checkpoints/synth_math/base/" in log
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_no_shared_filesystem_runs_with_state_in_the_bucket(tmp_path):
     """paths.checkpoints in the bucket (here a local directory standing in for gs://…): every job on
     its own fresh node, and the DAG runs through base policy and rollouts."""
@@ -473,3 +482,77 @@ def test_paper_config_with_bucket_paths_is_valid_and_passes_the_state_check():
     validate_config(cfg, REPO / "schemas" / "workflow_config.schema.yaml")
     check_state_paths(cfg, [])
     assert cfg["paths"]["checkpoints"] == "/gcs/cts/checkpoints"
+
+
+@pytest.fixture
+def fake_gcs():
+    """A GCS API on localhost (gcp-storage-emulator, in memory) with bucket `cts-bucket`; the real
+    google-cloud-storage client (and so Snakemake's GCS plugin) uses it via STORAGE_EMULATOR_HOST."""
+    emulator = pytest.importorskip("gcp_storage_emulator.server")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="cts-bucket")
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.mark.slow
+def test_profile_runs_with_no_shared_filesystem_and_state_in_the_bucket(tmp_path, fake_gcs):
+    """The real gcp_tpu profile (GCS storage, shared-fs-usage: none) from a checkout, against a fake
+    GCS; every TPU job on a fresh "node" that has only the image's sources (a copy of the checkout
+    made before the run). Today's default checkpoints stop the run at DAG time; with checkpoints in
+    the bucket mount (a directory standing in for /gcs) base policy and rollouts run through."""
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z"],
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    checkout, gcs = tmp_path / "checkout", tmp_path / "gcs"
+    for f in filter(None, files):
+        if (REPO / f).is_file():
+            (checkout / f).parent.mkdir(parents=True, exist_ok=True)
+            (checkout / f).write_bytes((REPO / f).read_bytes())
+    cfg = yaml.safe_load((REPO / "tests/config_tiny/config.yaml").read_text())
+    cfg.update(tasks=["synth_math"], methods=["B3"], ablations=[], seeds=[0])
+    (checkout / "config/e2e.yaml").write_text(yaml.safe_dump(cfg))
+    (checkout / "config/e2e_gcs.yaml").write_text(yaml.safe_dump({"paths": {"checkpoints": str(gcs / "checkpoints")}}))
+    image = tmp_path / "image"
+    subprocess.run(["cp", "-a", str(checkout), str(image)], check=True)  # "docker build" of this commit
+
+    profile = yaml.safe_load((PROFILE / "profile.yaml").read_text())
+    for key in ("submit", "status", "cancel"):
+        profile[f"cluster-generic-{key}-cmd"] = f"{sys.executable} {PROFILE / profile[f'cluster-generic-{key}-cmd']}"
+    profile.update({"seconds-between-status-checks": 1, "latency-wait": 3, "retries": 0, "jobs": 1, "cores": 2})
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile" / "profile.yaml").write_text(yaml.safe_dump(profile))
+    env = base_env(CTS_FAKE_NODE_ROOT=str(tmp_path / "nodes"), CTS_FAKE_NODE_IMAGE=str(image),
+                   STORAGE_EMULATOR_HOST=fake_gcs, CTS_GCS_BUCKET="cts-bucket", CTS_GCP_PROJECT="test-proj",
+                   PYTHONPATH=str(checkout), JAX_PLATFORMS="cpu",
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # the pod's `python`
+    (tmp_path / "nodes").mkdir()
+
+    def run(*configs):
+        return subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--profile", str(tmp_path / "profile"),
+                               "results/rollouts/synth_math/attempts.jsonl", "--configfile", *configs],
+                              cwd=checkout, env=env, capture_output=True, text=True, timeout=900)
+
+    today = run("config/e2e.yaml")
+    assert today.returncode != 0 and "paths.checkpoints: 'work/checkpoints' is relative" in today.stderr
+    assert list((tmp_path / "nodes").iterdir()) == []  # stopped before any job
+
+    out = run("config/e2e.yaml", "config/e2e_gcs.yaml")
+    assert out.returncode == 0, out.stderr[-4000:]
+    from google.cloud import storage
+
+    os.environ["STORAGE_EMULATOR_HOST"] = fake_gcs
+    try:
+        bucket = storage.Client(project="test-proj").bucket("cts-bucket")
+        final = json.loads(bucket.blob("cts/results/base/synth_math/final.json").download_as_text())
+        assert bucket.blob("cts/results/rollouts/synth_math/attempts.jsonl").exists()
+    finally:
+        del os.environ["STORAGE_EMULATOR_HOST"]
+    assert final["params_dir"].startswith(str(gcs / "checkpoints"))
+    assert sorted(p.name.rsplit("-", 2)[0] for p in (tmp_path / "nodes").iterdir()) == [
+        "cts-teacher-rollouts", "cts-train-base"]
+    assert not (checkout / "work").exists() and not (checkout / "results" / "base").exists()

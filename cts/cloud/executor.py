@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from cts.cloud.jobset import JOBSET_GROUP, JOBSET_VERSION, JobSpec, render_jobset, validate_k8s_name
-from cts.cloud.settings import ClusterSettings, dry_run
+from cts.cloud.settings import CloudConfigError, ClusterSettings, dry_run
 from cts.io import DataError
 
 __all__ = ["JobProperties", "cancel", "job_spec", "make_api", "make_job_name", "parse_jobscript",
@@ -41,6 +41,7 @@ __all__ = ["JobProperties", "cancel", "job_spec", "make_api", "make_job_name", "
 STATUSES = ("running", "success", "failed")
 PLURAL = "jobsets"
 _PROPS_RE = re.compile(r"^# properties = (\{.*\})\s*$", re.M)
+_CONFIGFILES_RE = re.compile(r"--configfiles((?:\s+(?:'[^']*'|[^-\s]\S*))+)")
 
 
 class JobProperties(dict):
@@ -74,6 +75,16 @@ def parse_jobscript(path: str | os.PathLike) -> tuple[JobProperties, str]:
     if not isinstance(props, dict):
         raise DataError(f"{path}: properties line: expected a JSON object")
     return JobProperties(props), text
+
+
+def check_configfiles(text: str, source: str = "jobscript") -> None:
+    """The pod has the image's sources only (cluster-generic ships no sources): a --configfile must
+    be a file of the checkout, named relative to it — not an absolute path or one above it."""
+    m = _CONFIGFILES_RE.search(text)
+    for path in shlex.split(m.group(1)) if m else []:
+        if os.path.isabs(path) or path.split("/")[0] == "..":
+            raise CloudConfigError(f"{source}: --configfile {path!r} is outside the checkout; the pods see only "
+                                   "the image's sources: put the file in the repository (e.g. config/) and rebuild")
 
 
 def _slug(text: str, width: int) -> str:
@@ -138,6 +149,8 @@ def submit(jobscript: str | os.PathLike, env: Mapping[str, str] | None = None, a
     settings = ClusterSettings.from_env(env)
     props, text = parse_jobscript(jobscript)
     name = make_job_name(settings.run_name, props)
+    if "--shared-fs-usage none" in text or "--shared-fs-usage 'none'" in text:
+        check_configfiles(text, str(jobscript))
     manifest = render_jobset(job_spec(props, text, settings, name), settings.namespace)
     if env.get("CTS_FAKE_NODE_ROOT"):
         return _run_on_fake_node(name, props, text, Path(env["CTS_FAKE_NODE_ROOT"]), env)
@@ -233,13 +246,18 @@ def _declared(props: JobProperties) -> tuple[list[str], list[str]]:
 
 def _run_on_fake_node(name: str, props: JobProperties, text: str, root: Path, env: Mapping[str, str]) -> str:
     """CTS_FAKE_NODE_ROOT (tests): run the job like a pod with no shared filesystem would — in a fresh
-    directory holding only the job's declared inputs (copied from the workdir, which stands in for
+    directory (a copy of CTS_FAKE_NODE_IMAGE, the image's sources, if set) holding only the job's
+    declared inputs (copied from the workdir, which stands in for
     the bucket); only its declared outputs and logs come back. State kept anywhere else (say, weights
     next to the outputs but not declared) is lost, as it is with a real pod. Runs to completion
     before returning; `status` reads the result file."""
     workdir = Path.cwd()
     node = root / name / "work"
-    node.mkdir(parents=True)
+    image = env.get("CTS_FAKE_NODE_IMAGE")  # a directory standing in for the image's /workspace
+    if image:
+        shutil.copytree(image, node, symlinks=True)
+    else:
+        node.mkdir(parents=True)
     inputs, outputs = _declared(props)
     for rel in inputs:
         src = workdir / rel
@@ -247,9 +265,9 @@ def _run_on_fake_node(name: str, props: JobProperties, text: str, root: Path, en
             continue  # absolute paths (the sources, the bucket stand-in) are reachable from the pod
         (node / rel).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, node / rel)
+    # with a shared workdir the jobscript starts with `cd <workdir>`: the node's own directory instead;
+    # without one (shared-fs-usage: none) it runs where it starts, fetching sources from storage
     cd_here = f"cd {shlex.quote(str(workdir))}"
-    if cd_here not in text:
-        raise RuntimeError(f"fake node: the jobscript of {name} does not start with {cd_here!r}")
     script = root / name / "job.sh"
     script.write_text(text.replace(cd_here, f"cd {shlex.quote(str(node))}"), encoding="utf-8")
     with open(root / name / "log", "w") as log:
