@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""cluster-generic submit command: `submit.py JOBSCRIPT` → prints the job id (the TPU VM name)."""
+"""cluster-generic submit command: `submit.py JOBSCRIPT` → creates one JobSet, prints its name."""
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cts/ of this checkout, any python3
-from cts.cloud.jobs import submit  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cts/ of this checkout
+from cts.cloud.executor import submit  # noqa: E402
 from cts.cloud.settings import CloudConfigError  # noqa: E402
 from cts.io import DataError  # noqa: E402
 

@@ -3,6 +3,8 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
+from cts.cloud.state import check_state_paths
+
 from cts.config import (
     Cell,
     cell_config,
@@ -29,6 +31,11 @@ CELLS = cells(config)
 # shows what training added; its greedy answers are the same for every seed, its samples are not.
 EVAL_CELLS = CELLS + [Cell(t, "base", s) for t in TASKS for s in config["seeds"]]
 CKPT_ROOT = config.get("paths", {}).get("checkpoints", "work/checkpoints")
+# Jobs without a shared filesystem (gcp_tpu) need checkpoints where every pod sees them.
+try:
+    check_state_paths(config, workflow.storage_settings.shared_fs_usage)
+except ValueError as e:
+    raise WorkflowError(str(e))
 
 
 # Each JAX job uses resources.jax_threads CPUs of its own (a CPU slot, cts.train.runtime). It
@@ -153,8 +160,10 @@ def get_power_plan():
     }
 
 
-# Cheap bookkeeping rules run where Snakemake runs, never on a TPU VM (gcp_tpu profile).
+# Cheap bookkeeping rules run where Snakemake runs, never as a TPU JobSet (gcp_tpu profile); so does
+# teacher_critique: it calls the teacher's API with the key of the local environment.
 localrules:
+    teacher_critique,
     data_prepare,
     data_split,
     taxonomy_tag,

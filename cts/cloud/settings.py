@@ -1,10 +1,9 @@
-"""Validated Cloud TPU settings for the `gcp_tpu` Snakemake profile.
+"""Validated settings of the `gcp_tpu` Snakemake profile (a GKE cluster with JobSet + Kueue).
 
-Every value that reaches a gcloud argv or the remote shell command is checked here against a
-strict pattern first. A value that does not match raises `CloudConfigError` naming the
-environment variable (or job property) it came from. Quoting comes second: the gcloud calls
-are argv lists (no local shell), and the one remote command string is built with shlex.quote
-(cts/cloud/gcloud.py).
+Every value that reaches a manifest or an API call is checked here against a strict pattern first;
+a value that does not match raises `CloudConfigError` naming the environment variable it came from.
+Nothing is ever passed through a shell: the API client takes structured objects, and the
+container runs the jobscript as one argv element (`bash -c <jobscript>`).
 """
 
 from __future__ import annotations
@@ -14,72 +13,33 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-__all__ = [
-    "CloudConfigError",
-    "TpuSettings",
-    "validate_accelerator_type",
-    "validate_project",
-    "validate_run_name",
-    "validate_runtime_version",
-    "validate_vm_name",
-    "validate_zone",
-]
+__all__ = ["CloudConfigError", "ClusterSettings", "dry_run", "validate_run_name"]
 
 
 class CloudConfigError(ValueError):
     """A setting or name failed validation; the message names where it came from."""
 
 
-# Cloud TPU node names: lowercase RFC 1035 label, at most 63 characters.
-VM_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-# GCP project ids: 6-30 chars, lowercase letters, digits, hyphens; starts with a letter.
-PROJECT_RE = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
-# Zones: region-location + letter, e.g. us-central2-b, europe-west4-a, us-east5-a.
-ZONE_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]{1,2}-[a-z]$")
-# Accelerator types: v2-8, v3-8, v4-8, v5litepod-8, v5p-8, v6e-8 ...
-ACCELERATOR_RE = re.compile(r"^v[0-9][a-z0-9]{0,15}-[0-9]{1,5}$")
-# Runtime (software) versions: tpu-ubuntu2204-base, v2-alpha-tpuv6e, tpu-vm-v4-base ...
-RUNTIME_RE = re.compile(r"^[a-z0-9][-a-z0-9.]{0,62}$")
-# Prefix of every VM name this profile creates (so `gcloud ... list --filter=name~^cts-` finds them).
 RUN_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+API_URL_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?$")
+# An obviously fake image for dry runs without CTS_IMAGE: the manifest still validates and prints.
+DRY_RUN_IMAGE = "example.invalid/cts/cts@sha256:" + "0" * 64
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
 
 
 def _check(value: str, pattern: re.Pattern, what: str, example: str) -> str:
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise CloudConfigError(
-            f"{what}: {value!r} is not valid (must match {pattern.pattern}, e.g. {example!r})")
+    if not isinstance(value, str) or not pattern.match(value):
+        raise CloudConfigError(f"{what}: {value!r} is not valid (expected something like {example!r})")
     return value
-
-
-def validate_vm_name(name: str, what: str = "TPU VM name") -> str:
-    return _check(name, VM_NAME_RE, what, "cts-train-cell-12-a1b2c3")
-
-
-def validate_project(project: str, what: str = "CTS_GCP_PROJECT") -> str:
-    return _check(project, PROJECT_RE, what, "my-project-123")
-
-
-def validate_zone(zone: str, what: str = "CTS_GCP_ZONE") -> str:
-    return _check(zone, ZONE_RE, what, "us-central2-b")
-
-
-def validate_accelerator_type(kind: str, what: str = "CTS_TPU_TYPE") -> str:
-    return _check(kind, ACCELERATOR_RE, what, "v4-8")
-
-
-def validate_runtime_version(version: str, what: str = "CTS_TPU_RUNTIME") -> str:
-    return _check(version, RUNTIME_RE, what, "tpu-ubuntu2204-base")
 
 
 def validate_run_name(run: str, what: str = "CTS_RUN_NAME") -> str:
     return _check(run, RUN_NAME_RE, what, "cts")
 
 
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
-
-
 def _flag(env: Mapping[str, str], key: str) -> bool:
-    raw = env.get(key, "").strip().lower()
+    raw = str(env.get(key, "")).strip().lower()
     if raw in _TRUE:
         return True
     if raw in _FALSE:
@@ -87,62 +47,101 @@ def _flag(env: Mapping[str, str], key: str) -> bool:
     raise CloudConfigError(f"{key}: {env[key]!r} is not a boolean (use 1/0, true/false)")
 
 
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise CloudConfigError(f"{key}: {raw!r} is not an integer") from None
+
+
+def dry_run(env: Mapping[str, str] | None = None) -> bool:
+    """DRY_RUN=1: print manifests, call no API (and need no credentials)."""
+    return _flag(os.environ if env is None else env, "DRY_RUN")
+
+
 @dataclass(frozen=True)
-class TpuSettings:
-    """Where and on what each job runs. Frozen at submit time into the job's state file.
+class ClusterSettings:
+    """Where and on what each job runs (environment variables of the submitting shell).
 
     Attributes:
-      project: GCP project id (CTS_GCP_PROJECT).
-      zone: TPU zone (CTS_GCP_ZONE).
-      accelerator_type: slice type (CTS_TPU_TYPE, default v4-8); a rule may override it with
-        `resources: tpu_type="..."`. Single-host slices only (one worker runs the job).
-      runtime_version: TPU VM image (CTS_TPU_RUNTIME, default tpu-ubuntu2204-base).
-      spot: create Spot VMs (CTS_TPU_SPOT=1); preemption then surfaces as a failed job that
-        Snakemake retries (profile `retries`).
-      run_name: prefix of every VM name (CTS_RUN_NAME, default cts).
+      image: the job image pinned by digest (CTS_IMAGE; required unless DRY_RUN).
+      namespace: Kubernetes namespace of the JobSets (CTS_K8S_NAMESPACE, default `default`).
+      queue: Kueue LocalQueue (CTS_KUEUE_QUEUE, default xpk's `multislice-queue`).
+      tpu_type: default slice type (CTS_TPU_TYPE, default v6e-4); a rule overrides it with
+        `resources: tpu_type=...`, and likewise tpu_slices / tpu_spot.
+      slices, spot: defaults for the number of slices (CTS_TPU_SLICES) and Spot (CTS_TPU_SPOT).
+      max_restarts: JobSet failurePolicy.maxRestarts (CTS_MAX_RESTARTS, default 3): preemptions
+        restart the pods in place; only a JobSet that exhausts them reports `failed`.
+      run_name: prefix of every JobSet name (CTS_RUN_NAME, default cts).
+      gcsfuse_bucket: mount this bucket at /gcs in every pod (CTS_GCSFUSE_BUCKET): where
+        paths.checkpoints must point (cts.cloud.state); service_account: the pods' Kubernetes
+        service account with write access to it (CTS_K8S_SERVICE_ACCOUNT, Workload Identity).
+      api_url: talk to this API server without credentials (CTS_K8S_API: `kubectl proxy` or a
+        test server); otherwise the current kubeconfig context (CTS_K8S_CONTEXT to pick one).
     """
 
-    project: str
-    zone: str
-    accelerator_type: str = "v4-8"
-    runtime_version: str = "tpu-ubuntu2204-base"
+    image: str
+    namespace: str = "default"
+    queue: str = "multislice-queue"
+    tpu_type: str = "v6e-4"
+    slices: int = 1
     spot: bool = False
+    max_restarts: int = 3
     run_name: str = "cts"
+    api_url: str | None = None
+    context: str | None = None
+    gcsfuse_bucket: str | None = None
+    service_account: str | None = None
 
     def __post_init__(self):
-        validate_project(self.project)
-        validate_zone(self.zone)
-        validate_accelerator_type(self.accelerator_type)
-        validate_runtime_version(self.runtime_version)
+        from cts.cloud.jobset import BUCKET_RE, QUEUE_RE, tpu_shape, validate_image
+
+        validate_image(self.image)
+        _check(self.queue, QUEUE_RE, "CTS_KUEUE_QUEUE", "multislice-queue")
+        if not 1 <= self.slices <= 64:
+            raise CloudConfigError(f"CTS_TPU_SLICES: {self.slices} is not in 1..64")
+        if not 0 <= self.max_restarts <= 100:
+            raise CloudConfigError(f"CTS_MAX_RESTARTS: {self.max_restarts} is not in 0..100")
+        _check(self.namespace, NAMESPACE_RE, "CTS_K8S_NAMESPACE", "default")
+        tpu_shape(self.tpu_type, "CTS_TPU_TYPE")
         validate_run_name(self.run_name)
-        if not isinstance(self.spot, bool):
-            raise CloudConfigError(f"spot: expected a bool, got {self.spot!r}")
+        if self.api_url is not None:
+            _check(self.api_url, API_URL_RE, "CTS_K8S_API", "http://127.0.0.1:8001")
+        if self.gcsfuse_bucket is not None and not BUCKET_RE.match(self.gcsfuse_bucket):
+            raise CloudConfigError(f"CTS_GCSFUSE_BUCKET: {self.gcsfuse_bucket!r} is not a bucket name")
+        if self.service_account is not None:
+            _check(self.service_account, QUEUE_RE, "CTS_K8S_SERVICE_ACCOUNT", "cts-runner")
+        if self.context is not None:
+            _check(self.context, re.compile(r"^[A-Za-z0-9_.:@/-]{1,200}$"), "CTS_K8S_CONTEXT",
+                   "gke_my-proj_us-east5_cts")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "TpuSettings":
-        """Read CTS_GCP_PROJECT, CTS_GCP_ZONE (required), CTS_TPU_TYPE, CTS_TPU_RUNTIME,
-        CTS_TPU_SPOT, CTS_RUN_NAME (optional); each is validated."""
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "ClusterSettings":
         env = os.environ if env is None else env
-        missing = [k for k in ("CTS_GCP_PROJECT", "CTS_GCP_ZONE") if not env.get(k)]
-        if missing:
-            raise CloudConfigError(f"environment variable(s) {missing} must be set for the gcp_tpu profile")
-        defaults = cls.__dataclass_fields__
+        image = env.get("CTS_IMAGE") or ""
+        if not image:
+            if not dry_run(env):
+                raise CloudConfigError("CTS_IMAGE must be set for the gcp_tpu profile (the job image "
+                                       "pinned by digest; gcp_tpu/README.md: Build the image)")
+            image = DRY_RUN_IMAGE
+        d = cls.__dataclass_fields__
         return cls(
-            project=env["CTS_GCP_PROJECT"],
-            zone=env["CTS_GCP_ZONE"],
-            accelerator_type=env.get("CTS_TPU_TYPE") or defaults["accelerator_type"].default,
-            runtime_version=env.get("CTS_TPU_RUNTIME") or defaults["runtime_version"].default,
+            image=image,
+            namespace=env.get("CTS_K8S_NAMESPACE") or d["namespace"].default,
+            queue=env.get("CTS_KUEUE_QUEUE") or d["queue"].default,
+            tpu_type=env.get("CTS_TPU_TYPE") or d["tpu_type"].default,
+            slices=_int(env, "CTS_TPU_SLICES", d["slices"].default),
             spot=_flag(env, "CTS_TPU_SPOT"),
-            run_name=env.get("CTS_RUN_NAME") or defaults["run_name"].default,
+            max_restarts=_int(env, "CTS_MAX_RESTARTS", d["max_restarts"].default),
+            run_name=env.get("CTS_RUN_NAME") or d["run_name"].default,
+            api_url=env.get("CTS_K8S_API") or None,
+            context=env.get("CTS_K8S_CONTEXT") or None,
+            gcsfuse_bucket=env.get("CTS_GCSFUSE_BUCKET") or None,
+            service_account=env.get("CTS_K8S_SERVICE_ACCOUNT") or None,
         )
-
-    @classmethod
-    def from_dict(cls, data: Mapping, source: str = "state") -> "TpuSettings":
-        """Rebuild (and re-validate) settings stored in a state file."""
-        try:
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-        except KeyError as e:
-            raise CloudConfigError(f"{source}: settings lack key {e.args[0]!r}") from e
 
     def to_dict(self) -> dict:
         return asdict(self)
