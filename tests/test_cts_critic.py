@@ -249,3 +249,32 @@ def test_per_term_gradients_combine_to_the_joint_gradient_and_log_their_weighted
     assert float(m["cts/grad_norm/decode"]) == pytest.approx(lam2 * norm, rel=1e-4)
     assert float(m["cts/grad_norm/align"]) > 0 and float(m["cts/grad_norm/grpo"]) > 0
     assert float(m["cts/grad_norm/energy_psi"]) > 0
+
+
+def test_table_section_shows_critic_accuracy_edit_cosine_and_differing_ablation_outputs(tmp_path):
+    import json
+
+    from cts.stats.cts_diagnostics import cts_section
+
+    cell = tmp_path / "results/train/synth_math/B5/seed0"
+    cell.mkdir(parents=True)
+    (cell / "metrics.jsonl").write_text(json.dumps({"step": 0, "loss": 1.0}) + "\n")
+    (cell / "final.json").write_text(json.dumps({
+        "critic": {"n_dev": 15, "n_failed": 77, "n_unlocalised": 2,
+                   "dev_before_warmup": {"pair_accuracy": 0.4},
+                   "dev_after_warmup": {"pair_accuracy": 0.933, "edit_cos": {"mean": 0.41, "ci95": [0.3, 0.52], "n": 15},
+                                        "edit_rel_mean": 0.2},
+                   "dev_at_end": {"pair_accuracy": 0.9, "edit_cos": {"mean": 0.38, "ci95": [0.2, 0.5], "n": 15}}},
+        "cts_steps_mean": {"cts/edit_cos": 0.35, "cts/grad_norm/grpo": 2.0, "cts/grad_norm/align": 0.5,
+                           "cts/grad_norm/decode": 1.0}}))
+    evals = []
+    for method, outs in (("B5", ["a", "b", "c"]), ("B5-A2", ["a", "x", "c"])):
+        p = tmp_path / f"{method}.jsonl"
+        p.write_text("".join(json.dumps({"task": "synth_math", "method": method, "seed": 0, "problem_id": f"p{i}",
+                                         "completion": o}) + "\n" for i, o in enumerate(outs)))
+        evals.append(str(p))
+    md = "\n".join(cts_section([str(cell / "metrics.jsonl")], evals, reference="B5"))
+    assert "| synth_math | B5 | seed0 | 0.400 → 0.933 → 0.900 (15) | 0.410 [0.300, 0.520] (15) |" in md
+    assert "0.250 / 0.500" in md and "2 of 77" in md
+    assert "| synth_math | B5-A2 | 0 | 1 of 3 |" in md
+    assert cts_section([], []) == []

@@ -20,6 +20,7 @@ import numpy as np
 
 from cts.io import DataError, atomic_write_json, atomic_write_text, sha256_file
 from cts.stats import metrics as mt
+from cts.stats.cts_diagnostics import cts_section
 from cts.stats.data import is_ablation, read_eval_files, read_metrics_file, task_matrices
 from cts.stats.inference import ZERO_METHOD, compare_methods
 from cts.stats.power import estimate_sd_components, minimum_detectable_effect, plan_comparisons
@@ -282,6 +283,7 @@ def build_table(eval_files: list[str], *, base: str, ablation_base: str | None,
                 tx = secondary[task][m]["taxonomy"]
                 md.append(f"| {task} | {m} | " + " | ".join(
                     f"{_fmt(tx[t]['solved_rate'])} ({tx[t]['n']})" if t in tx else "—" for t in tags) + " |")
+    md += cts_section(metrics_files, eval_files, reference=ablation_base)  # critic quality, edit direction
     md += ["", "## Warnings", ""] + ([f"- {w}" for w in warnings] or ["- none"])
     atomic_write_text(out_md, "\n".join(md) + "\n")
 
