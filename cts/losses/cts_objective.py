@@ -77,10 +77,12 @@ class CTSConfig:
       num_critique_ids: size of the learned table (critique_embedding == "learned").
       lam_align: λ₁ (A1: 0).
       lam_decode: λ₂ (A4: 0).
-      lam_energy: λ₃.
+      lam_energy: λ₃ (ψ has its own Adam in the loop, so λ₃ scales a gradient Adam normalises:
+        it switches L_E on or off and weights it in the logged total, not the critic's step size).
       energy_margin: m, the softplus margin of L_E.
-      energy_freeze: A5, the critic is frozen at its initialisation: L_E is not added (its value
-        is still reported) and the loop must keep ψ out of the optimizer (weight decay!).
+      energy_freeze: A5, the critic stops learning during B5 (it is frozen after the loop's
+        warm-up, cts.train.cts_step): L_E is not added (its value is still reported) and the loop
+        keeps ψ out of the optimizer (weight decay!).
       alignment: AlignmentConfig of L_align (A2: kind "l2", A3: kind "soft_dtw").
       online_critique: A6, the loop regenerates critiques online (this module ignores it).
     """
