@@ -73,11 +73,11 @@ class CriticConfig:
         trained by L_align only, as designed.
     """
 
-    warmup_steps: int = 300
-    learning_rate: float = 1e-3
+    warmup_steps: int = 1000  # the defaults are workflow_config.yaml's, where each has its reason
+    learning_rate: float = 3e-3
     dev_fraction: float = 0.2
-    min_dev_pair_accuracy: float = 0.9
-    fit_projection: bool = True
+    min_dev_pair_accuracy: float = 0.8
+    fit_projection: bool = False
 
     def __post_init__(self):
         if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
