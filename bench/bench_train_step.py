@@ -162,8 +162,8 @@ def bench_grpo(args):
         cts_terms = make_cts = None
         if cts_setup is not None:
             params, cts_terms, make_cts, optimizer = cts_setup(runtime, spec, params, optimizer)
-        fn = L.make_train_step(L.make_loss_fn(runtime, spec, GRPOConfig(num_generations=4, **grpo), cts_terms),
-                               optimizer)
+        fn = L.make_train_step(L.make_loss_fn(runtime, spec, GRPOConfig(num_generations=4, **grpo)), optimizer,
+                               cts_terms)
         opt_state = optimizer.init(params)
         batch = dict(batch3)
         if make_cts is not None:

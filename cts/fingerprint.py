@@ -18,6 +18,14 @@ __all__ = ["FairnessError", "cell_fingerprint", "check_fingerprints", "template_
 POLICY_PROMPT_TEMPLATE = "{bos}{prompt}\n{response}{eos}"
 
 
+# What "the same budget" means across methods; B5's extra critic compute is stated, not hidden.
+BUDGET_RULE = ("every cell of a task: the same policy optimizer steps, prompts per step, group size and "
+               "rollouts (`budget`); B5 adds an energy-critic warm-up (cts.critic.warmup_steps full-batch "
+               "steps of a small MLP on base-policy features of the failed train quadruples, one forward "
+               "pass each) and one critic update per step — no policy update and no rollout; its steps and "
+               "seconds are in the B5 cell's final.json (critic.config, critic.warmup_s)")
+
+
 class FairnessError(RuntimeError):
     pass
 
@@ -44,6 +52,7 @@ def cell_fingerprint(cell: dict, shared: dict, manifest: dict) -> dict:
         "base_policy": shared["base_policy"], "teacher": shared["teacher"], "eval": shared["eval"],
         "templates": template_hashes(), "verifier_version": VERIFIER_VERSION,
         "data": {s: manifest["splits"][s]["sha256"] for s in sorted(manifest["splits"])},
+        "budget_rule": BUDGET_RULE,
     }
     return {"task": cell["task"], "fields": fields,
             "digest": hashlib.sha256(stable_json(fields).encode()).hexdigest()}

@@ -400,12 +400,13 @@ def train_cell(cell: dict, base_final: str, train_path: str, tagged_path: str, c
     if spec.cts is not None:
         from cts.train.cts_step import setup_cts
 
-        cts_setup = setup_cts(data)
+        cts_setup = setup_cts(data, log=log)
     params, rows = train(runtime=runtime, init_params=base_params, ref_params=base_params,
                          spec=spec, data=data, loop=loop, ckpt_dir=ckpt_dir, log=log, cts_setup=cts_setup)
     atomic_write_jsonl(out_metrics, rows)
     _write_final(out_final, ckpt_dir=ckpt_dir, state_digest=digest, params=params["policy"], config=cell,
-                 rows=rows, inputs=inputs)
+                 rows=rows, inputs=inputs,
+                 extra=cts_setup.report(params, rows) if cts_setup is not None else None)  # critic, edit direction
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -148,6 +148,10 @@ def get_metrics_files():
     ]
 
 
+def get_final_files():
+    return [f"results/train/{c.task}/{c.method}/seed{c.seed}/final.json" for c in CELLS]
+
+
 def get_power_plan():
     return {
         "tasks": TASKS,

@@ -25,6 +25,7 @@ rule stats_table:
         power="results/power.md",
         provenance="results/audit/provenance.json",
         metrics=get_metrics_files(),
+        finals=get_final_files(),  # CTS diagnostics (critic quality, edit direction)
         manifests=expand("results/splits/{task}/manifest.json", task=TASKS),
         tagged=expand("results/taxonomy/{task}/tagged.jsonl", task=TASKS),  # teacher notes, κ
     output:

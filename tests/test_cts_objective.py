@@ -131,7 +131,8 @@ def _term_grads(cfg, decode_scale=1.0, seed=0):
         decode = decode_scale * jnp.sum(hidden ** 2)  # stand-in for the loop's NLL
         grpo = jnp.mean(hidden)  # stand-in for L_GRPO
         return {"align": m["cts/align"], "energy": m["cts/energy"], "decode": decode, "grpo": grpo,
-                "total": cts_total(grpo, m["cts/align"], decode, m["cts/energy"], cfg)}
+                "total": cts_total({"grpo": grpo, "align": m["cts/align"], "decode": decode,
+                                    "energy": m["cts/energy"]}, cfg)}
 
     vals = terms(params, b["hidden"])
     grads = {k: jax.grad(lambda p, h: terms(p, h)[k], argnums=(0, 1))(params, b["hidden"]) for k in vals}
@@ -184,10 +185,18 @@ def test_ablation_changes_only_its_own_term(ablation):
 
 def test_cts_total_zero_lambda_is_bit_identical_even_with_nan_term():
     cfg = _cfg(lam_align=0.0, lam_decode=0.0, lam_energy=0.0)
-    g = jax.grad(lambda x: cts_total(x ** 2, jnp.nan * x, jnp.log(-x), jnp.inf * x, cfg))(jnp.float32(1.5))
+    g = jax.grad(lambda x: cts_total({"grpo": x ** 2, "align": jnp.nan * x, "decode": jnp.log(-x),
+                                      "energy": jnp.inf * x}, cfg))(jnp.float32(1.5))
     assert float(g) == 3.0
     full = _cfg(lam_align=0.5, lam_decode=2.0, lam_energy=0.25)
-    assert float(cts_total(1.0, 2.0, 3.0, 4.0, full)) == 1.0 + 1.0 + 6.0 + 1.0
+    assert float(cts_total({"grpo": 1.0, "align": 2.0, "decode": 3.0, "energy": 4.0}, full)) == 1.0 + 1.0 + 6.0 + 1.0
+    # the same combiner on gradient pytrees (the loop combines per-term gradients with it)
+    trees = {k: {"w": jnp.full((2,), v)} for k, v in (("grpo", 1.0), ("align", 2.0), ("decode", 3.0), ("energy", 4.0))}
+    np.testing.assert_array_equal(cts_total(trees, full)["w"], [9.0, 9.0])
+    assert cts_total(trees, cfg)["w"] is trees["grpo"]["w"]  # λ = 0: nothing added, not even a 0
+    assert float(cts_total(trees, _cfg(energy_freeze=True, lam_align=0.0, lam_decode=0.0))["w"][0]) == 1.0
+    with pytest.raises(ValueError, match="unknown terms"):
+        cts_total({"grpo": 1.0, "kl": 2.0}, full)
 
 
 def test_cts_loss_jits_learned_embedding_and_correct_rows_drop_out():
@@ -202,12 +211,13 @@ def test_cts_loss_jits_learned_embedding_and_correct_rows_drop_out():
         return cts_loss(nnx.merge(graphdef, params), hidden, b["mask"], b["step_ids"], b["flag"], ids,
                         b["hidden_rev"], b["mask_rev"], b["step_ids_rev"], b["flag_rev"], cfg)
 
-    aux, m = f(params, b["hidden"])
+    terms, m = f(params, b["hidden"])
+    aux = cts_total(terms, cfg)
     assert np.isfinite(float(aux)) and float(m["cts/active_frac"]) == pytest.approx(2 / 3)
     for k in ("cts/align", "cts/energy", "ot/converged", "ot/n_iters", "cts/edit_norm"):
         assert k in m
     # row 2 has no flag: its hidden states get no gradient from the CTS terms
-    g = jax.grad(lambda h: f(params, h)[0])(b["hidden"])
+    g = jax.grad(lambda h: cts_total(f(params, h)[0], cfg))(b["hidden"])
     np.testing.assert_array_equal(g[2], 0.0)
     assert np.any(np.asarray(g[0]) != 0)
     with pytest.raises(ValueError, match="critique_ids"):

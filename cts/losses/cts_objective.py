@@ -7,8 +7,12 @@
   R* = R_θ − η ∇_R U_ψ(R_θ, f)  (K steps)   the latent edit, used as a stop-gradient target
   L_E = softplus(m + E_ψ(r_rev, e_f) − E_ψ(r_att, e_f))   the critic's contrastive loss
 
-Rows whose `flag` is all zero (the attempt was already correct) have α = 0 and contribute no CTS
-loss: they are dropped from the batch means of L_align and L_E (not counted as zeros).
+Rows whose `flag` is all zero (the attempt was already correct, or the critique could not localise
+the error) have α = 0 and contribute no location-needing CTS loss: they are dropped from the batch
+means of L_align and L_E (not counted as zeros); the loop counts them (`cts/unlocalised_frac`).
+
+`cts_total` is THE λ combiner: the loop combines its term values and its per-term gradients with it
+(cts.train.cts_step), so "λ = 0 is bit-identical to the baseline" is a property of the code that runs.
 
 Gradient routing: L_align trains θ (through `hidden`) and φ (P_φ); R* is a stop-gradient target,
 and ψ is stop-gradiented inside the edit as well, so ψ learns only from L_E. L_E sees
@@ -32,13 +36,17 @@ __all__ = [
     "CTSConfig",
     "CTSHeads",
     "DECODE_TEMPLATE",
+    "TERM_NAMES",
     "cts_loss",
     "cts_total",
     "critique_embedding",
     "decode_template_hash",
+    "edit_direction",
     "energy_loss",
+    "term_weights",
     "flagged_latent",
     "format_decode_context",
+    "gradient_edit",
     "latent_edit",
     "localisation_weights",
     "trajectory",
@@ -69,10 +77,12 @@ class CTSConfig:
       num_critique_ids: size of the learned table (critique_embedding == "learned").
       lam_align: λ₁ (A1: 0).
       lam_decode: λ₂ (A4: 0).
-      lam_energy: λ₃.
+      lam_energy: λ₃ (ψ has its own Adam in the loop, so λ₃ scales a gradient Adam normalises:
+        it switches L_E on or off and weights it in the logged total, not the critic's step size).
       energy_margin: m, the softplus margin of L_E.
-      energy_freeze: A5, the critic is frozen at its initialisation: L_E is not added (its value
-        is still reported) and the loop must keep ψ out of the optimizer (weight decay!).
+      energy_freeze: A5, the critic stops learning during B5 (it is frozen after the loop's
+        warm-up, cts.train.cts_step): L_E is not added (its value is still reported) and the loop
+        keeps ψ out of the optimizer (weight decay!).
       alignment: AlignmentConfig of L_align (A2: kind "l2", A3: kind "soft_dtw").
       online_critique: A6, the loop regenerates critiques online (this module ignores it).
     """
@@ -280,6 +290,19 @@ def trajectory_energy(heads: CTSHeads, R: jax.Array, alpha: jax.Array, e_f: jax.
     return jnp.sum(alpha * energies, axis=1)
 
 
+def gradient_edit(energy_fn, R: jax.Array, cfg: CTSConfig) -> jax.Array:
+    """K steps R ← R − η ∇_R energy_fn(R) from sg(R); energy_fn: [B, N, d] -> [] (rows independent).
+
+    The output is a stop-gradient target. `latent_edit` is this with U_ψ; tests pass a hand-built
+    energy whose gradient is known.
+    """
+    def step(r, _):
+        return r - cfg.eta * jax.grad(energy_fn)(r), None
+
+    R_star, _ = jax.lax.scan(step, jax.lax.stop_gradient(R), None, length=cfg.edit_steps)
+    return jax.lax.stop_gradient(R_star)
+
+
 def latent_edit(heads: CTSHeads, R: jax.Array, alpha: jax.Array, e_f: jax.Array, cfg: CTSConfig) -> jax.Array:
     """R* after K steps R ← R − η ∇_R U_ψ(R, f); R, R* [B, N, d], alpha [B, N], e_f [B, D_c].
 
@@ -289,17 +312,37 @@ def latent_edit(heads: CTSHeads, R: jax.Array, alpha: jax.Array, e_f: jax.Array,
     """
     graphdef, state = nnx.split(heads)
     critic = nnx.merge(graphdef, jax.lax.stop_gradient(state))
-    R0 = jax.lax.stop_gradient(R)
     e_f = jax.lax.stop_gradient(e_f)
+    return gradient_edit(lambda r: jnp.sum(trajectory_energy(critic, r, alpha, e_f)), R, cfg)
 
-    def total_energy(r):
-        return jnp.sum(trajectory_energy(critic, r, alpha, e_f))  # rows are independent
 
-    def step(r, _):
-        return r - cfg.eta * jax.grad(total_energy)(r), None
+def edit_direction(R: jax.Array, R_star: jax.Array, at_flag: jax.Array, r_att: jax.Array, r_rev: jax.Array,
+                   row_mask: jax.Array) -> dict[str, jax.Array]:
+    """Does the latent edit move the attempt toward the revision? Per row, at the flagged positions:
 
-    R_star, _ = jax.lax.scan(step, R0, None, length=cfg.edit_steps)
-    return jax.lax.stop_gradient(R_star)
+        edit_b   = Σ_t at_flag_bt (R*_bt − R_bt)        the edit there                      [B, d]
+        target_b = r_rev_b − r_att_b                     attempt → revision at that step      [B, d]
+        cos_b    = ⟨edit_b, target_b⟩ / (‖edit_b‖ ‖target_b‖)
+        rel_b    = ‖edit_b‖ / ‖Σ_t at_flag_bt R_bt‖      the edit's size relative to ‖r‖
+
+    Args:
+      R, R_star: [B, N, d] the trajectory and its edit.
+      at_flag: [B, N] weights of the flagged positions (sum 1 on rows with a flag; α at width 0).
+      r_att, r_rev: [B, d] latents of the attempt's flagged step and the revision's corrected step.
+      row_mask: [B] rows that count (a flag on both sides).
+
+    Returns:
+      per-row `cos` [B] and `rel` [B] (0 on rows that do not count) and `rows` [B] bool: a row
+      counts when row_mask holds and both vectors are nonzero (a zero edit has no direction).
+    """
+    edit = jnp.einsum("bn,bnd->bd", at_flag, R_star - jax.lax.stop_gradient(R))  # (B, d)
+    target = jax.lax.stop_gradient(r_rev - r_att)  # (B, d)
+    here = jax.lax.stop_gradient(jnp.einsum("bn,bnd->bd", at_flag, R))  # (B, d)
+    ne, nt, nh = (jnp.linalg.norm(v, axis=-1) for v in (edit, target, here))  # (B,) ×3
+    rows = (jnp.asarray(row_mask) > 0) & (ne > 0) & (nt > 0)
+    cos = jnp.where(rows, jnp.sum(edit * target, -1) / jnp.where(rows, ne * nt, 1.0), 0.0)
+    rel = jnp.where(rows, ne / jnp.maximum(nh, 1e-12), 0.0)
+    return {"cos": cos, "rel": rel, "rows": rows}
 
 
 def flagged_latent(heads: CTSHeads, hidden: jax.Array, mask: jax.Array, flag: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -312,12 +355,13 @@ def flagged_latent(heads: CTSHeads, hidden: jax.Array, mask: jax.Array, flag: ja
 
 
 def energy_loss(heads: CTSHeads, R_attempt_flagged: jax.Array, R_revision_flagged: jax.Array,
-                e_f: jax.Array, cfg: CTSConfig, *, row_mask: jax.Array | None = None
-                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+                e_f: jax.Array, cfg: CTSConfig, *, row_mask: jax.Array | None = None,
+                latent_grad: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     """L_E = mean_b softplus(m + E_ψ(r_rev, e_f) − E_ψ(r_att, e_f)) over counted rows.
 
     Pushes E low on the revision's corrected step and high on the attempt's flagged step, with
-    margin m = energy_margin. The latents are stop-gradiented: only ψ is trained by L_E.
+    margin m = energy_margin. The latents are stop-gradiented: only ψ is trained by L_E (in B5);
+    `latent_grad=True` lets the gradient through to the latents (the critic warm-up's P_φ fit).
 
     Args:
       R_attempt_flagged: [B, d] latent of the attempt's flagged step (`flagged_latent`).
@@ -333,8 +377,9 @@ def energy_loss(heads: CTSHeads, R_attempt_flagged: jax.Array, R_revision_flagge
                          f"{R_revision_flagged.shape} must both be [B, d]")
     B = R_attempt_flagged.shape[0]
     w = jnp.ones((B,), jnp.float32) if row_mask is None else jnp.asarray(row_mask, jnp.float32)
-    e_att = heads.energy(jax.lax.stop_gradient(R_attempt_flagged), e_f)  # (B,)
-    e_rev = heads.energy(jax.lax.stop_gradient(R_revision_flagged), e_f)  # (B,)
+    sg = (lambda x: x) if latent_grad else jax.lax.stop_gradient
+    e_att = heads.energy(sg(R_attempt_flagged), e_f)  # (B,)
+    e_rev = heads.energy(sg(R_revision_flagged), e_f)  # (B,)
     per_row = jax.nn.softplus(cfg.energy_margin + e_rev - e_att)
     denom = jnp.maximum(jnp.sum(w), 1.0)
 
@@ -355,21 +400,57 @@ def energy_loss(heads: CTSHeads, R_attempt_flagged: jax.Array, R_revision_flagge
 # Objective
 # ----------------------------------------------------------------------------------------------
 
+TERM_NAMES = ("grpo", "align", "decode", "energy")
+
+
+def term_weights(cfg: CTSConfig) -> dict[str, float]:
+    """The weight of each term in L; a weight of 0 means the term is NOT added (skipped, not ×0)."""
+    return {"grpo": 1.0, "align": cfg.lam_align, "decode": cfg.lam_decode,
+            "energy": 0.0 if cfg.energy_freeze else cfg.lam_energy}
+
+
+def cts_total(terms: dict, cfg: CTSConfig, base=None):
+    """L = L_GRPO + λ₁ L_align + λ₂ L_decode + λ₃ L_E — the one λ combiner.
+
+    Args:
+      terms: {name: value} for names in TERM_NAMES; each value an UNWEIGHTED scalar, or a pytree
+        (a gradient) of a term — the loop combines losses and per-term gradients with this. A
+        name that is not given is absent.
+      base: a value the sum starts from; None: the first added term (None if no term is added).
+
+    A term whose weight is 0 (λ = 0, or L_E under energy_freeze) is skipped, not multiplied by 0,
+    so the ablation is bit-identical to the loss without it, gradients included (0·NaN would not be).
+    """
+    unknown = sorted(set(terms) - set(TERM_NAMES))
+    if unknown:
+        raise ValueError(f"cts_total: unknown terms {unknown}; expected some of {TERM_NAMES}")
+    total = base
+    for name, w in term_weights(cfg).items():
+        if w == 0 or name not in terms:
+            continue
+        value = terms[name] if w == 1.0 else jax.tree.map(lambda x, w=w: w * x, terms[name])
+        total = value if total is None else jax.tree.map(jnp.add, total, value)
+    return total
+
+
 def cts_loss(heads: CTSHeads, hidden: jax.Array, mask: jax.Array, step_ids: jax.Array, flag: jax.Array,
              critique: jax.Array, hidden_rev: jax.Array, mask_rev: jax.Array, step_ids_rev: jax.Array,
-             flag_rev: jax.Array, cfg: CTSConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """λ₁·L_align(R_θ, sg(R*)) + λ₃·L_E and metrics (L_GRPO, L_decode: see `cts_total`).
+             flag_rev: jax.Array, cfg: CTSConfig, *, energy_rows: jax.Array | None = None
+             ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """The UNWEIGHTED L_align(R_θ, sg(R*)) and L_E, plus diagnostics (weight them with `cts_total`).
 
     Args:
       hidden, mask, step_ids, flag: [B, T, D], [B, T] ×3 for the attempt y⁰.
       critique: [B, D_c] pooled critique states ("pooled") or [B] int ids ("learned").
       hidden_rev, mask_rev, step_ids_rev, flag_rev: [B, T', D], [B, T'] ×3 for the revision y¹.
+      energy_rows: optional [B] rows L_E may train on (0 on the critic's held-out rows).
 
     Returns:
-      (aux [], metrics): metrics hold the unweighted `cts/align`, `cts/energy`, `cts/aux_total`,
-      `cts/active_frac`, `cts/edit_norm` and the `ot/*`, `align/*`, `energy/*` diagnostics.
-      A term with λ = 0 (or L_E under energy_freeze) is not added at all, so removing it is
-      bit-identical; its value is still reported.
+      (terms {"align", "energy"}, metrics): metrics hold `cts/align`, `cts/energy`,
+      `cts/active_frac`, `cts/edit_norm`, the edit-direction means `cts/edit_cos`,
+      `cts/edit_rel`, `cts/u_decrease_frac`, `cts/edit_rows`, per-row `rows/*` arrays (the loop
+      drops them from the log; the critic report uses them) and the `ot/*`, `align/*`, `energy/*`
+      diagnostics.
     """
     _check_tokens(hidden, mask, step_ids, flag)
     _check_tokens(hidden_rev, mask_rev, step_ids_rev, flag_rev)
@@ -388,42 +469,39 @@ def cts_loss(heads: CTSHeads, hidden: jax.Array, mask: jax.Array, step_ids: jax.
     # ENERGY CRITIC
     r_att, has_att = flagged_latent(heads, hidden, mask, flag)  # (B, d)
     r_rev, has_rev = flagged_latent(heads, hidden_rev, mask_rev, flag_rev)  # (B, d)
-    energy, energy_metrics = energy_loss(heads, r_att, r_rev, e_f, cfg, row_mask=active & has_att & has_rev)
+    paired = active & has_att & has_rev  # (B,)
+    trains_critic = paired if energy_rows is None else paired & (jnp.asarray(energy_rows) > 0)
+    energy, energy_metrics = energy_loss(heads, r_att, r_rev, e_f, cfg, row_mask=trains_critic)
 
-    aux = jnp.zeros((), R.dtype)
-    if cfg.lam_align != 0:
-        aux = aux + cfg.lam_align * align
-    if cfg.lam_energy != 0 and not cfg.energy_freeze:
-        aux = aux + cfg.lam_energy * energy
+    # EDIT DIRECTION (diagnostics): toward the revision? how big? does U drop?
+    at_flag = localisation_weights(flag, mask, step_ids, cfg.replace(alpha_width=0.0))  # (B, N)
+    d = edit_direction(R, R_star, at_flag, r_att, r_rev, paired)
+    graphdef, state = nnx.split(heads)
+    critic = nnx.merge(graphdef, jax.lax.stop_gradient(state))
+    e_sg = jax.lax.stop_gradient(e_f)
+    u_before = trajectory_energy(critic, jax.lax.stop_gradient(R), alpha, e_sg)  # (B,)
+    u_after = trajectory_energy(critic, R_star, alpha, e_sg)  # (B,)
+    n_rows = jnp.maximum(jnp.sum(d["rows"]), 1)
+    n_active = jnp.maximum(jnp.sum(active), 1)
 
     edit = jnp.sqrt(jnp.sum((R_star - jax.lax.stop_gradient(R)) ** 2, axis=-1))  # (B, N)
-    n_active = jnp.maximum(jnp.sum(active), 1)
     metrics = {
         "cts/align": align,
         "cts/energy": energy,
-        "cts/aux_total": aux,
         "cts/active_frac": jnp.mean(active.astype(jnp.float32)),
         "cts/edit_norm": jnp.sum(jnp.where(active, jnp.max(edit, axis=1), 0.0)) / n_active,
+        "cts/edit_cos": jnp.sum(d["cos"]) / n_rows,
+        "cts/edit_rel": jnp.sum(d["rel"]) / n_rows,
+        "cts/u_decrease_frac": jnp.sum(jnp.where(active, u_after < u_before, False)) / n_active,
+        "cts/edit_rows": jnp.sum(d["rows"]),
+        "rows/edit_cos": d["cos"], "rows/edit_rel": d["rel"], "rows/edit_counted": d["rows"],
+        "rows/u_decrease": jnp.where(active, u_after < u_before, False), "rows/active": active,
+        "rows/pair_correct": jnp.where(paired, critic.energy(r_att, e_sg) > critic.energy(r_rev, e_sg), False),
+        "rows/paired": paired,
         **align_metrics,
         **energy_metrics,
     }
-    return aux, metrics
-
-
-def cts_total(grpo: jax.Array, align: jax.Array, decode: jax.Array, energy: jax.Array, cfg: CTSConfig) -> jax.Array:
-    """L = L_GRPO + λ₁ L_align + λ₂ L_decode + λ₃ L_E, with all four terms UNWEIGHTED scalars.
-
-    A term whose λ is 0 (and L_E under energy_freeze) is skipped, not multiplied by 0, so the
-    ablation is bit-identical to the loss without it, gradients included (0·NaN would not be).
-    """
-    total = grpo
-    if cfg.lam_align != 0:
-        total = total + cfg.lam_align * align
-    if cfg.lam_decode != 0:
-        total = total + cfg.lam_decode * decode
-    if cfg.lam_energy != 0 and not cfg.energy_freeze:
-        total = total + cfg.lam_energy * energy
-    return total
+    return {"align": align, "energy": energy}, metrics
 
 
 # ----------------------------------------------------------------------------------------------

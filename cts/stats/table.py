@@ -26,6 +26,7 @@ import numpy as np
 
 from cts.io import DataError, atomic_write_json, atomic_write_text, sha256_file
 from cts.stats import metrics as mt
+from cts.stats.cts_diagnostics import cts_section
 from cts.stats.data import TaskMatrices, is_ablation, read_eval_files, read_metrics_file, task_matrices
 from cts.stats.inference import (MIN_SEEDS_FOR_TEST, PRIMARY_TEST, SECONDARY_TEST, ZERO_METHOD,
                                  compare_methods, horizon_contrasts)
@@ -436,6 +437,7 @@ def build_table(eval_files: list[str], *, base: str, ablation_base: str | None,
     md: list[str] = []
     for builder in [*SECTIONS, *extra_sections]:
         md += builder(ctx)
+    md += cts_section(metrics_files or [], eval_files, reference=ablation_base)  # critic quality, edit direction
     ctx.warnings[:] = unique_warnings(ctx.warnings)
     md += ["", "## Warnings", ""] + ([f"- {w}" for w in ctx.warnings] or ["- none"])
     atomic_write_text(out_md, "\n".join(md) + "\n")

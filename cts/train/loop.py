@@ -135,9 +135,11 @@ def _masked_logps(runtime: PolicyRuntime, params, b: dict):
     return token_logprobs(logits, b["tokens"]), hidden  # (B, T), (B, T, D)
 
 
-def make_loss_fn(runtime: PolicyRuntime, spec: MethodSpec, grpo_cfg: GRPOConfig | None,
-                 cts_terms: Callable | None):
-    """loss(params, ref_params, batch) -> (total, metrics); the terms present depend on the batch."""
+def make_loss_fn(runtime: PolicyRuntime, spec: MethodSpec, grpo_cfg: GRPOConfig | None, cts_terms: None = None):
+    """loss(params, ref_params, batch) -> (total, metrics); the terms present depend on the batch
+    (the CTS terms are added by the train step's `cts_step`, which combines them with L_GRPO)."""
+    if cts_terms is not None:
+        raise TypeError("make_loss_fn: CTS terms are added by make_train_step(..., cts_step), not here")
 
     def loss_fn(params, ref_params, batch):
         metrics, total = {}, jnp.zeros((), jnp.float32)
@@ -165,18 +167,22 @@ def make_loss_fn(runtime: PolicyRuntime, spec: MethodSpec, grpo_cfg: GRPOConfig 
                                    step_penalty=spec.critique_penalty if spec.reward == "critique" else 0.0)
             loss, m = grpo_loss(logp, None, jax.lax.stop_gradient(ref_logp), adv, b["loss_mask"], grpo_cfg)
             total, metrics = total + loss, {**metrics, **m}
-        if cts_terms is not None and "cts" in batch:  # B5: + λ₁ L_align + λ₂ L_decode + λ₃ L_E
-            extra, m = cts_terms(params, batch["cts"])
-            total, metrics = total + extra, {**metrics, **m}
         return total, metrics
 
     return loss_fn
 
 
-def make_train_step(loss_fn, optimizer):
+def make_train_step(loss_fn, optimizer, cts_step: Callable | None = None):
+    """cts_step(params, cts_batch, loss, grads) -> (loss, grads, metrics) adds the CTS terms (B5):
+    each term differentiated over its own forward pass, all combined by cts_objective.cts_total."""
+
     @jax.jit
     def train_step(params, opt_state, ref_params, batch):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, ref_params, batch)
+        main = {k: v for k, v in batch.items() if k != "cts"}
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, ref_params, main)
+        if cts_step is not None and "cts" in batch:  # B5: + λ₁ L_align + λ₂ L_decode + λ₃ L_E
+            loss, grads, m = cts_step(params, batch["cts"], loss, grads)
+            metrics = {**metrics, **m}
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -322,16 +328,17 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, spec: MethodSpec, 
           cts_setup: Callable | None = None) -> tuple[dict, list[dict]]:
     """Run the loop; returns (final params, metric rows). Resumes from `ckpt_dir` when possible.
 
-    cts_setup(runtime, spec, params) -> (params_with_heads, cts_terms, make_cts_batch) wires the
-    CTS terms in (cts.train.cts_step); None for methods without them.
+    cts_setup(runtime, spec, params, optimizer) -> (params_with_heads, cts_step, make_cts_batch,
+    optimizer) wires the CTS terms in (cts.train.cts_step: it also warms the critic up); None for
+    methods without them.
     """
     optimizer = make_optimizer(loop)
     params = {"policy": init_params}
-    cts_terms = make_cts_batch = None
+    cts_step = make_cts_batch = None
     if spec.cts is not None:
-        params, cts_terms, make_cts_batch, optimizer = cts_setup(runtime, spec, params, optimizer)
+        params, cts_step, make_cts_batch, optimizer = cts_setup(runtime, spec, params, optimizer)
     grpo_cfg = GRPOConfig(num_generations=loop.group_size, **spec.grpo) if spec.loss == "grpo" else None
-    step_fn = make_train_step(make_loss_fn(runtime, spec, grpo_cfg, cts_terms), optimizer)
+    step_fn = make_train_step(make_loss_fn(runtime, spec, grpo_cfg), optimizer, cts_step)
     opt_state = optimizer.init(params)
 
     store = CheckpointStore(ckpt_dir)
