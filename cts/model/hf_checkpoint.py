@@ -84,10 +84,14 @@ def local_checkpoint_dir(path: str, *, weights: bool = True) -> Path:
     its URL: config, tokenizer files and (with `weights`) the safetensors, into a temp dir renamed
     into place, so a killed copy never looks complete.
 
+    Environment variables in `path` are expanded (`gs://$CTS_GCS_BUCKET/…`, as gcp_tpu/profile.yaml
+    names the bucket).
+
     Raises:
       FileNotFoundError: no config.json at `path`.
     """
-    if not str(path).startswith("gs://"):
+    path = os.path.expandvars(str(path))
+    if not path.startswith("gs://"):
         local = Path(path)
         if not (local / "config.json").is_file():
             raise FileNotFoundError(f"base_policy.pretrained.path = {path!r}: no config.json there "
