@@ -42,6 +42,20 @@ def checkpoints(tmp_path_factory):
     return {f: (root / f, *hf_tiny.write_checkpoint(root / f, f, seed=i)) for i, f in enumerate(FAMILIES)}
 
 
+@pytest.fixture(scope="module")
+def loaded(checkpoints):
+    """family → (runtime, params, provenance) of the default model block, built once per module."""
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            path, hf, _ = checkpoints[family]
+            cache[family] = _runtime_and_params(path, hf, family)
+        return cache[family]
+
+    return get
+
+
 def _spec(path, family):
     return {"format": "hf", "path": str(path), "model": hf_tiny.FAMILIES[family][2]}
 
@@ -76,9 +90,9 @@ PROMPTS = ["Natalia sold clips to 48 of her friends in April. How many clips?", 
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_converted_logits_equal_the_reference(checkpoints, family):
+def test_converted_logits_equal_the_reference(checkpoints, loaded, family):
     path, hf, tensors = checkpoints[family]
-    runtime, params, provenance = _runtime_and_params(path, hf, family)
+    runtime, params, provenance = loaded(family)
     assert provenance["model"] == hf_tiny.FAMILIES[family][2] and len(provenance["config_sha256"]) == 64
     ids = runtime.tok.encode_prompt(PROMPTS[0])
     got = _logits(runtime, params, ids)
@@ -100,11 +114,11 @@ def test_untied_policy_from_tied_checkpoint_is_float32_exact(checkpoints, family
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_greedy_kv_cached_generation_equals_reference(checkpoints, family):
+def test_greedy_kv_cached_generation_equals_reference(checkpoints, loaded, family):
     import jax
 
     path, hf, tensors = checkpoints[family]
-    runtime, params, _ = _runtime_and_params(path, hf, family)
+    runtime, params, _ = loaded(family)
     n = 12
     texts, ids, _ = runtime.generate(params, PROMPTS, jax.random.key(0), max_new_tokens=n, batch_size=2,
                                      greedy=True, return_ids=True)
@@ -218,3 +232,76 @@ def test_runtime_mismatch_is_caught_at_load(checkpoints):
     runtime = PolicyRuntime({**hf_tiny.model_block(hf), "attention_bias": False}, f"hf:{path}", seed=0, batch_size=1)
     with pytest.raises(ConfigError, match=r"model\.attention_bias = False, but .* has True"):
         pretrained_params(_spec(path, "qwen2.5"), runtime)
+
+
+# ----------------------------------------------------------------------------------------------
+# gs:// checkpoints and the whole pipeline
+# ----------------------------------------------------------------------------------------------
+
+
+def test_gs_checkpoint_is_copied_once_into_the_cache(checkpoints, tmp_path, monkeypatch):
+    """A gs:// path is copied (config, tokenizer files, safetensors) into $CTS_HF_CACHE through
+    etils.epath, here pointed at a local 'bucket'; a second call reads the cache, and an unset
+    environment variable in the path is an error naming the path."""
+    import shutil
+
+    from etils import epath
+
+    from cts.model.hf_checkpoint import local_checkpoint_dir
+
+    bucket = tmp_path / "bucket"
+    shutil.copytree(checkpoints["qwen3"][0], bucket / "ckpt")
+    monkeypatch.setattr(epath, "Path", lambda p: Path(str(p).replace("gs://", str(bucket) + "/", 1)))
+    monkeypatch.setenv("CTS_HF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CKPT_DIR", "ckpt")
+    local = local_checkpoint_dir("gs://$CKPT_DIR")
+    assert local.parent == tmp_path / "cache"
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"):
+        assert (local / name).read_bytes() == (bucket / "ckpt" / name).read_bytes(), name
+    shutil.rmtree(bucket / "ckpt")
+    assert local_checkpoint_dir("gs://$CKPT_DIR") == local  # cached: the bucket is not read again
+    monkeypatch.delenv("CKPT_DIR")
+    with pytest.raises(FileNotFoundError, match=r"environment variable .* not set"):
+        local_checkpoint_dir("gs://$CKPT_DIR")
+
+
+@pytest.mark.slow
+def test_tiny_qwen3_checkpoint_through_the_pipeline(checkpoints, tmp_path):
+    """train_base (1 SFT step from the converted weights) → teacher rollouts → base eval with
+    `tokenizer: hf:<dir>`: every job rebuilds the runtime from final.json's config and loads the
+    checkpoint's tokenizer; final.json records the checkpoint's digests."""
+    import os
+    import subprocess
+    import sys
+
+    from cts.io import read_json, read_jsonl
+
+    path, hf, _ = checkpoints["qwen3"]
+    config = {
+        "run_name": "hf_tiny", "tasks": ["gsm8k"], "methods": ["B3"], "ablations": [], "base_method": "B3",
+        "seeds": [0], "data": {"gsm8k": {"loader": "gsm8k", "source": "repo", "split": "test", "limit": 8}},
+        "splits": {"fractions": {"train": 0.5, "dev": 0.0, "test": 0.5}, "seed": 0},
+        "tokenizer": f"hf:{path}", "model": {**hf_tiny.model_block(hf), "max_len": 1024},  # the test BPE is coarse
+        "base_policy": {"pretrained": _spec(path, "qwen3"), "steps": 1, "batch_size": 2, "learning_rate": 1e-5,
+                        "warmup_steps": 0, "error_rate": 0.0, "seed": 0},
+        "rollouts": {"splits": ["train", "test"], "max_new_tokens": 8, "batch_size": 4},
+        "eval": {"split": "test", "n_samples": 1, "pass_k": [1], "temperature": 1.0, "max_new_tokens": 8,
+                 "batch_size": 4},
+        "resources": {"jax_threads": 1}}
+    (tmp_path / "hf.yaml").write_text(yaml.safe_dump(config))
+    for name in ("Snakefile", "rules", "scripts", "schemas", "workflow_config.yaml", "report"):
+        os.symlink(REPO / name, tmp_path / name)
+    target = "results/eval/gsm8k/base/seed0/problems.jsonl"
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", target, "--configfile",
+                          str(tmp_path / "hf.yaml")], cwd=tmp_path, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                         capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    final = read_json(tmp_path / "results/base/gsm8k/final.json")
+    assert final["steps"] == 1 and final["pretrained"]["model"] == "qwen3-0.6b"
+    assert set(final["pretrained"]["safetensors_sha256"]) == {"model.safetensors"}
+    from cts.stages import load_problems
+
+    test = load_problems(tmp_path / "results/splits/gsm8k/test.jsonl")
+    rows = read_jsonl(tmp_path / target)
+    assert sorted(r["problem_id"] for r in rows) == sorted(p.id for p in test) and test
+    assert all(r["method"] == "base" and r["n_samples"] == 1 for r in rows)

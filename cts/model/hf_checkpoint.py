@@ -90,7 +90,10 @@ def local_checkpoint_dir(path: str, *, weights: bool = True) -> Path:
     Raises:
       FileNotFoundError: no config.json at `path`.
     """
-    path = os.path.expandvars(str(path))
+    raw, path = str(path), os.path.expandvars(str(path))
+    if "$" in path:
+        raise FileNotFoundError(f"base_policy.pretrained.path = {raw!r}: an environment variable in it is not set "
+                                "in this job's environment")
     if not path.startswith("gs://"):
         local = Path(path)
         if not (local / "config.json").is_file():
