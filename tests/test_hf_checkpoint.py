@@ -234,6 +234,37 @@ def test_runtime_mismatch_is_caught_at_load(checkpoints):
         pretrained_params(_spec(path, "qwen2.5"), runtime)
 
 
+def test_sharded_safetensors_and_missing_tensor_is_named(checkpoints, tmp_path):
+    """A sharded checkpoint (model.safetensors.index.json, as the hub writes for > 5 GB) is read
+    through its index; a tensor the MaxText mapping needs but the checkpoint lacks is named."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from cts.model.hf_checkpoint import SafetensorsReader, convert_hf_to_maxtext
+
+    _, hf, tensors = checkpoints["qwen3"]
+    names = sorted(tensors)
+    half = len(names) // 2
+    weight_map = {}
+    for i, part in enumerate((names[:half], names[half:])):
+        f = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in part}, str(tmp_path / f))
+        weight_map.update({n: f for n in part})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    reader = SafetensorsReader(tmp_path)
+    assert reader.names() == set(names)
+    np.testing.assert_array_equal(reader(names[-1]), tensors[names[-1]])
+    key = "params-decoder-layers_1-self_attention-key_norm-scale"
+    out = convert_hf_to_maxtext(reader, hf, "qwen3-0.6b", {key: ((16,), np.float32)})
+    np.testing.assert_array_equal(out[key], tensors["model.layers.1.self_attn.k_norm.weight"])
+    with pytest.raises(KeyError, match=r"no tensor 'model\.layers\.1\.self_attn\.kk_norm\.weight'"):
+        convert_hf_to_maxtext(lambda n: reader(n.replace("k_norm", "kk_norm")), hf, "qwen3-0.6b",
+                              {key: ((16,), np.float32)})
+    with pytest.raises(KeyError, match=r"does not cover policy parameters \['params-decoder-extra'\]"):
+        convert_hf_to_maxtext(reader, hf, "qwen3-0.6b", {"params-decoder-extra": ((1,), np.float32)})
+
+
 # ----------------------------------------------------------------------------------------------
 # gs:// checkpoints and the whole pipeline
 # ----------------------------------------------------------------------------------------------
