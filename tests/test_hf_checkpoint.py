@@ -103,6 +103,8 @@ def test_converted_logits_equal_the_reference(checkpoints, loaded, family):
     if tied:  # the whole known gap is the bfloat16 head: against the exact head it reappears
         gap = _rel(got, R.forward(tensors, hf, ids))
         assert 2e-4 < gap < 2 ** -8, gap
+    if hf.get("rope_scaling"):  # the Llama 3.1 scaling is applied (and visible at this length)
+        assert _rel(got, R.forward(tensors, {**hf, "rope_scaling": None}, ids)) > 1e-3
 
 
 @pytest.mark.parametrize("family", ["qwen3", "qwen2.5"])
