@@ -270,3 +270,21 @@ def test_smollm2_gsm8k_base_eval_through_the_pipeline(gguf_path, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-2000:]
     print(f"SmolLM2 GSM8K base eval: {n_correct}/{len(rows)} correct, snakemake {elapsed:.0f} s")
+
+
+@pytest.mark.heavy
+def test_smollm2_gsm8k_whole_matrix(gguf_path, tmp_path):
+    """Every method B0–B5 trained from the real SmolLM2 weights (few problems, 2 steps) and evaluated,
+    through to results/table.md, on this machine's CPUs (README "Real pretrained weights")."""
+    for name in ("Snakefile", "rules", "scripts", "schemas", "workflow_config.yaml", "report"):
+        os.symlink(REPO / name, tmp_path / name)
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "results/table.md", "--configfile",
+                          str(SMOLLM2_CONFIG)], cwd=tmp_path, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                         capture_output=True, text=True, timeout=3 * 3600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    table = (tmp_path / "results/table.md").read_text()
+    for method in ("B0", "B1", "B2", "B3", "B4", "B5"):
+        assert method in table, method
+        assert (tmp_path / f"results/eval/gsm8k/{method}/seed0/problems.jsonl").stat().st_size > 0
+    print(f"SmolLM2 GSM8K matrix: snakemake {time.time() - t0:.0f} s\n{table}")
