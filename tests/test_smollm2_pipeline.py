@@ -11,7 +11,6 @@ Tiers:
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
