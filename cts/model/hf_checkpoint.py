@@ -53,8 +53,8 @@ __all__ = [
     "convert_hf_to_maxtext",
 ]
 
-# MaxText decoder_block → the HF `model_type` whose tensors its mapping reads, and the structural
-# keys the block needs (cts ModelConfig field: value) beyond what config.json states directly.
+# MaxText decoder_block → the HF `model_type` its mapping reads, and the name of that mapping
+# function in maxtext/checkpoint_conversion/utils/param_mapping.py.
 FAMILIES = {
     "qwen2": {"model_type": "qwen2", "mapping": "QWEN_MAXTEXT_TO_HF_PARAM_MAPPING"},
     "qwen3": {"model_type": "qwen3", "mapping": "QWEN_MAXTEXT_TO_HF_PARAM_MAPPING"},
