@@ -387,6 +387,9 @@ def convert_hf_to_maxtext(tensor: Callable[[str], np.ndarray], hf: Mapping[str, 
 
     if model not in PARAM_MAPPING or model not in HOOK_FNS:
         raise ValueError(f"MaxText 0.2.5 has no Hugging Face conversion mapping for {model!r}")
+    if PARAM_MAPPING[model].__name__ not in {f["mapping"] for f in FAMILIES.values()}:
+        raise ValueError(f"MaxText's mapping for {model!r} ({PARAM_MAPPING[model].__name__}) is not one of the dense "
+                         "Qwen / Llama mappings this loader supports")
     hf = dict(hf)
     hf.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])  # read by the llama query hook
     # The two dense mappings used here read only the HF config dict, never `maxtext_config`.
