@@ -1,4 +1,4 @@
-"""Run the λ₁/λ₂/η sweep of config/cts_sweep.yaml (on demand; see that file) and print its table."""
+"""Run the λ₁/λ₂/η sweep of config/sweeps/cts.yaml (on demand; see that file) and print its table."""
 
 from __future__ import annotations
 

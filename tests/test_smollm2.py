@@ -198,30 +198,25 @@ def test_model_config_reads_metadata_and_detects_tying():
         S.smollm2_model_config({**_tiny_metadata(), "llama.rope.dimension_count": 2}, names)
 
 
-def test_maxtext_mapping_shapes_scaling_and_stacking():
+def test_gguf_to_hf_renames_unpermutes_and_keeps_the_function():
+    """gguf_to_hf gives HF tensors (Q/K rows back in rotate-half order) whose HF-convention forward
+    (tests/oracles/hf_reference.py, independent) equals the GGUF-convention reference: from there
+    MaxText's own llama mapping converts them (tests/test_hf_checkpoint.py checks that mapping)."""
+    from tests.oracles import hf_reference
+
     gg = _to_gguf(_tiny_hf_weights(4))
-    flat = S.gguf_to_maxtext_params(gg, TINY, scan_layers=False)
-    q = flat[("decoder", "layers_1", "self_attention", "query", "kernel")]
-    assert q.shape == (8, 2, 4)
-    # query kernel[:, h, j] = (HF row h*d + j) / sqrt(d): HF rows are the unpermuted GGUF rows.
-    hf_q = S.unpermute_gguf_rope_rows(gg["blk.1.attn_q.weight"], 2)
-    np.testing.assert_allclose(q[:, 1, 3], hf_q[1 * 4 + 3] / 2.0, rtol=1e-6)
-    np.testing.assert_allclose(flat[("decoder", "layers_0", "self_attention", "out", "kernel")][1, 2, 5],
-                               gg["blk.0.attn_output.weight"][5, 1 * 4 + 2], rtol=1e-6)
-    np.testing.assert_allclose(flat[("decoder", "layers_0", "mlp", "wo", "kernel")],
-                               gg["blk.0.ffn_down.weight"].T, rtol=1e-6)
-    assert ("decoder", "logits_dense", "kernel") not in flat
-    stacked = S.gguf_to_maxtext_params(gg, TINY, scan_layers=True, param_scan_axis=1)
-    assert stacked[("decoder", "layers", "self_attention", "query", "kernel")].shape == (8, 2, 2, 4)
-    np.testing.assert_array_equal(stacked[("decoder", "layers", "self_attention", "query", "kernel")][:, 1], q)
-    assert stacked[("decoder", "layers", "pre_self_attention_layer_norm", "scale")].shape == (8, 2)
-    untied = S.gguf_to_maxtext_params(gg, TINY, untie_embeddings=True)
-    np.testing.assert_array_equal(untied[("decoder", "logits_dense", "kernel")], untied[("token_embedder", "embedding")].T)
-    overrides = S.maxtext_smollm2_overrides(TINY, max_target_length=16)
-    assert overrides["logits_via_embedding"] is True and overrides["normalize_embedding_logits"] is False
-    assert overrides["rope_max_timescale"] == 10000.0 and overrides["base_num_kv_heads"] == 1
-    with pytest.raises(ValueError, match="max_target_length"):
-        S.maxtext_smollm2_overrides(TINY, max_target_length=33)
+    hf, t = S.gguf_to_hf(gg, TINY)
+    assert hf["model_type"] == "llama" and hf["tie_word_embeddings"] and "lm_head.weight" not in t
+    assert (hf["hidden_size"], hf["num_key_value_heads"], hf["head_dim"], hf["rope_theta"]) == (8, 1, 4, 10000.0)
+    np.testing.assert_array_equal(t["model.layers.1.self_attn.q_proj.weight"],
+                                  S.unpermute_gguf_rope_rows(gg["blk.1.attn_q.weight"], 2))
+    np.testing.assert_array_equal(t["model.layers.0.mlp.down_proj.weight"], gg["blk.0.ffn_down.weight"])
+    assert len(t) == 2 + 9 * TINY.num_layers
+    ids = [3, 1, 4, 1, 5, 9, 2, 6]
+    np.testing.assert_allclose(hf_reference.forward(t, hf, ids), S.reference_forward(gg, TINY, ids, dtype=np.float64)[0],
+                               rtol=1e-9, atol=1e-9)
+    with pytest.raises(KeyError, match="blk.0.ffn_up.weight"):
+        S.gguf_to_hf({k: v for k, v in gg.items() if k != "blk.0.ffn_up.weight"}, TINY)
 
 
 def test_find_smollm2_gguf_names_pip_command_when_missing(monkeypatch):
@@ -318,40 +313,53 @@ def test_reference_greedy_answer(smollm2):
     assert out[-1] == config.eos_token_id, answer
 
 
+def _smollm2_runtime(num_layers: int, tied: bool, max_len: int = 64):
+    from cts.model.pretrained import PRETRAINED, pretrained_params
+    from cts.train.runtime import PolicyRuntime
+
+    model = {**PRETRAINED["smollm2"], "num_layers": num_layers, "tied_embeddings": tied, "max_len": max_len}
+    runtime = PolicyRuntime(model, "smollm2", seed=0, batch_size=1)
+    params, _ = pretrained_params("smollm2", runtime, allow_fewer_layers=num_layers < 30, log=lambda *_: None)
+    return runtime, params
+
+
+def _runtime_logits(runtime, params, ids):
+    import jax
+
+    ids = np.asarray(ids, np.int32)[None]
+    return np.asarray(jax.jit(runtime.forward)(params, ids, np.ones_like(ids))[0][0])
+
+
 @pytest.mark.slow
-def test_maxtext_truncated_matches_reference(smollm2, tmp_path_factory):
+def test_maxtext_truncated_matches_reference(smollm2):
+    """The one loader (GGUF → HF tensors → MaxText's llama mapping → PolicyRuntime) on the first
+    2 layers equals the GGUF-convention NumPy reference."""
     _, tensors, config = smollm2
     ids = np.array(_chat_ids(smollm2[0])[-16:])
-    work = tmp_path_factory.mktemp("maxtext")
     ref = S.reference_forward(tensors, config, ids, num_layers=2)[0]
     ref_bf16_head = S.reference_forward(tensors, config, ids, num_layers=2, head_bf16=True)[0]
 
-    # Tied head, scanned layers: equal to the reference up to MaxText's bfloat16 tied head.
-    model, _, mesh = S.build_maxtext_smollm2(tensors, config, num_layers=2, max_target_length=16,
-                                             scan_layers=True, work_dir=work)
-    tied = S.maxtext_forward_fn(model, mesh)(ids[None])[0]
+    # Tied head: equal to the reference up to MaxText's bfloat16 tied head.
+    tied = _runtime_logits(*_smollm2_runtime(2, tied=True), ids)
     assert np.abs(tied - ref_bf16_head).max() < 1e-3
     assert np.abs(tied - ref).max() < 0.5  # bfloat16 table: ~2^-9 relative on |logit| <= ~70
     np.testing.assert_array_equal(tied.argmax(-1), ref.argmax(-1))
 
-    # Untied float32 head, unscanned layers: equal to the float32 reference.
-    model, _, mesh = S.build_maxtext_smollm2(tensors, config, num_layers=2, max_target_length=16,
-                                             scan_layers=False, untie_embeddings=True, work_dir=work)
-    untied = S.maxtext_forward_fn(model, mesh)(ids[None])[0]
+    # Untied float32 head: equal to the float32 reference.
+    untied = _runtime_logits(*_smollm2_runtime(2, tied=False), ids)
     assert np.abs(untied - ref).max() < 1e-3
 
 
 @pytest.mark.heavy
-def test_maxtext_full_model_matches_reference_and_answers(smollm2, tmp_path_factory):
+def test_maxtext_full_model_matches_reference_and_answers(smollm2):
+    import jax
+
     metadata, tensors, config = smollm2
     ids = _chat_ids(metadata)
-    total = 64
     ref = S.reference_forward(tensors, config, ids)[0]
-    model, _, mesh = S.build_maxtext_smollm2(tensors, config, max_target_length=total, untie_embeddings=True,
-                                             work_dir=tmp_path_factory.mktemp("maxtext_full"))
-    forward = S.maxtext_forward_fn(model, mesh)
-    row = np.zeros((1, total), dtype=np.int32)
-    row[0, : len(ids)] = ids
-    assert np.abs(forward(row)[0, : len(ids)] - ref).max() < 2e-3
-    out = S.maxtext_greedy_decode(forward, ids, max_new_tokens=16, total_length=total, stop_ids=[config.eos_token_id])
+    runtime, params = _smollm2_runtime(30, tied=False)
+    assert np.abs(_runtime_logits(runtime, params, ids) - ref).max() < 2e-3
+    sampler = runtime.sampler(1, len(ids), 16)
+    res = sampler(params, [ids], jax.random.key(0), greedy=True)
+    out = [int(t) for t in np.asarray(res.tokens)[0][: int(np.asarray(res.lengths)[0])]]
     assert out == S.reference_greedy_decode(tensors, config, ids, max_new_tokens=16, stop_ids=[config.eos_token_id])

