@@ -2,3 +2,16 @@ import os
 
 # Tests never need an accelerator (a GPU/TPU run is opt-in: unset this yourself).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(params=["bwrap", "unshare"])
+def ns_level(request):
+    """Each namespace isolation level of the code sandbox, skipped where this machine lacks it."""
+    import cts.sandbox as sb
+
+    ok, why = sb._probe(request.param)
+    if not ok:
+        pytest.skip(f"isolation level {request.param!r} unavailable here: {why}")
+    return request.param

@@ -34,8 +34,13 @@ def _snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Comp
 def _planned_jobs(workdir: Path, *configfiles: Path, target: str = "all") -> list[tuple[str, str]]:
     """(rule, wildcards) of every job a dry run of `target` would execute."""
     out = _snakemake(workdir, "--dry-run", target, "--configfile", *map(str, configfiles))
+    return jobs_in_log(out.stdout + out.stderr)
+
+
+def jobs_in_log(text: str) -> list[tuple[str, str]]:
+    """(rule, wildcards) of every job a Snakemake log announces, sorted."""
     jobs, rule = [], None
-    for line in (out.stdout + out.stderr).splitlines():
+    for line in text.splitlines():
         m = re.match(r"^(?:local)?rule (\w+):", line.strip())
         if m:
             if rule is not None:

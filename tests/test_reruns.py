@@ -8,12 +8,13 @@ run's final checkpoint, trained 0 steps and wrote the old parameters under the n
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.test_pipeline import jobs_in_log
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "tests" / "config_pipeline" / "config.yaml"
@@ -37,21 +38,7 @@ def _run(workdir: Path, *configfiles: Path) -> list[tuple[str, str]]:
                          capture_output=True, text=True, timeout=1800)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-5000:]
-    jobs, rule = [], None
-    for line in text.splitlines():
-        m = re.match(r"^(?:local)?rule (\w+):", line.strip())
-        if m:
-            if rule is not None:
-                jobs.append((rule, ""))
-            rule = m.group(1)
-            continue
-        m = re.match(r"^wildcards: (.*)$", line.strip())
-        if m and rule is not None:
-            jobs.append((rule, m.group(1)))
-            rule = None
-    if rule is not None:
-        jobs.append((rule, ""))
-    return sorted(jobs)
+    return jobs_in_log(text)
 
 
 def _state(workdir: Path) -> dict:

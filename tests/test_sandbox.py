@@ -382,12 +382,7 @@ def test_private_dir_removed_even_when_made_unreadable(private_base):
 # (issue 13) Per-process rlimits let several processes hold several times memory_mb, and let a
 # program write to the host disk through its private dir. The run as a whole is capped now.
 
-@pytest.fixture(params=["bwrap", "unshare"])
-def ns_level(request):
-    ok, why = sb._probe(request.param)
-    if not ok:
-        pytest.skip(f"isolation level {request.param!r} unavailable here: {why}")
-    return request.param
+# ns_level: the isolation levels (bwrap, unshare) this machine offers, tests/conftest.py
 
 
 _HOG = textwrap.dedent("""
