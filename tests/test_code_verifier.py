@@ -435,3 +435,20 @@ def test_humaneval_as_loaded_is_verified_and_unverifiable_ones_are_left_out_at_d
     kept = {r["id"] for r in read_jsonl(str(tmp_path / "problems.jsonl"))}
     assert "humaneval-000" in kept and "humaneval-032" not in kept and 150 <= len(kept) < 164
     assert any("humaneval-032" in line and f"{164 - len(kept)} of 164" in line for line in lines)
+
+
+def test_an_instruct_models_markdown_answer_is_cut_to_its_fenced_program():
+    """Qwen2.5-Instruct style: prose, a ```python block, more prose (and a shell block) — the
+    program is verified, not the Markdown; an unfenced completion is used as it is."""
+    from cts.verifiers.code import code_of
+    from cts.verifiers.outcome import verify_many
+
+    p = Problem(id="fence", task="mbpp", kind="code", prompt="add", reference="def add(a, b):\n    return a + b\n",
+                tests=["assert add(1, 2) == 3", "assert add(2, 2) == 4"], source="test")
+    program = "def add(a, b):\n    return a + b\n"
+    answer = ("Here is the function:\n\n```python\ndef add(a, b):\n    return a - b\n```\n\nFixed version:\n\n"
+              f"```python\n{program}```\n\nRun it with:\n```bash\npython add.py\n```\n")
+    assert code_of(answer) == program
+    assert code_of(program) == program
+    fenced, plain, wrong = verify_many([(p, answer), (p, program), (p, "Use `a + b`.")])
+    assert fenced.correct and plain.correct and not wrong.correct

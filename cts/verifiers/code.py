@@ -32,6 +32,7 @@ assert failed / output differs / a value is not plain data), "timeout" (the wall
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,7 @@ from cts.tasks.schema import Problem
 from cts.verifiers.trusted import (SplitTest, UnsupportedTest, bound_names, decode_plain,
                                    evaluate_skeleton, split_humaneval_check, split_test)
 
-__all__ = ["CodeVerdict", "ERROR_TYPES", "check_verifiable", "detect_test_form", "normalize_lines",
+__all__ = ["CodeVerdict", "ERROR_TYPES", "check_verifiable", "code_of", "detect_test_form", "normalize_lines",
            "verify_code", "verify_many"]
 
 ERROR_TYPES = ("none", "syntax", "runtime", "wrong_output", "timeout")
@@ -78,6 +79,17 @@ class CodeVerdict:
     @property
     def pass_rate(self) -> float:
         return self.passed / self.total if self.total else 0.0
+
+
+_FENCE = re.compile(r"^```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+
+
+def code_of(completion: str) -> str:
+    """The program in a completion: an instruct model's Markdown answer (prose around a fenced
+    block) is cut to the LAST fenced block tagged python/py or untagged, as LiveCodeBench's
+    harness does; a completion without a fence is the program as it is."""
+    blocks = [body for lang, body in _FENCE.findall(completion) if lang.lower() in ("", "python", "py", "python3")]
+    return blocks[-1] if blocks else completion
 
 
 # ----------------------------------------------------------------------------- test forms

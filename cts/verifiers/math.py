@@ -74,7 +74,7 @@ __all__ = [
 
 # Bump whenever any function here could return a different result for the same input:
 # it goes into the fairness fingerprints of every run that used this verifier.
-VERIFIER_VERSION = "math-2"  # math-2: derived-operand step check; code verdicts decided in the parent
+VERIFIER_VERSION = "verifiers-3"  # 2: derived-operand step check, code verdicts in the parent; 3: fenced code
 
 # A number as written in prose: thousands-grouped or plain digits, optional decimals, or `.5`.
 _NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+)(?:\.\d+)?|\.\d+"

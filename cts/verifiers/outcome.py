@@ -103,12 +103,17 @@ def verify(problem: Problem, completion: str) -> Verdict:
 
 def verify_many(items: Sequence[tuple[Problem, str]], workers: int = 1) -> list[Verdict]:
     """Verdicts in order; code that needs the sandbox is run `workers` at a time."""
+    items = list(items)
     out: list[Verdict | None] = [None] * len(items)
     sandbox_idx = []
     for i, (problem, completion) in enumerate(items):
         if problem.kind == "math":
             out[i] = _verify_math(problem, completion)
             continue
+        from cts.verifiers.code import code_of  # the sandbox's module: imported only for code tasks
+
+        completion = code_of(completion)  # an instruct model's Markdown answer → its fenced program
+        items[i] = (problem, completion)
         fast = _fast_code_verdict(problem, completion)
         if fast is None:
             sandbox_idx.append(i)
