@@ -19,6 +19,8 @@ def stage_logger(smk, jax_threads_cap: int | None = None):
 
     n = limit_threads(jax_threads_cap or int(smk.params.get("jax_threads", 0) or 1))
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if smk.params.get("compile_cache"):  # paths.compile_cache, read by cts.model.policy.maxtext_config
+        os.environ["CTS_JAX_CACHE_DIR"] = os.path.abspath(smk.params.get("compile_cache"))
     quiet = _quiet_third_party()
     if smk.log:
         f = open(smk.log[0], "a", buffering=1)

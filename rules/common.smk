@@ -31,6 +31,7 @@ CELLS = cells(config)
 # shows what training added; its greedy answers are the same for every seed, its samples are not.
 EVAL_CELLS = CELLS + [Cell(t, "base", s) for t in TASKS for s in config["seeds"]]
 CKPT_ROOT = config.get("paths", {}).get("checkpoints", "work/checkpoints")
+COMPILE_CACHE = config.get("paths", {}).get("compile_cache", "")
 # Jobs without a shared filesystem (gcp_tpu) need checkpoints where every pod sees them.
 try:
     check_state_paths(config, workflow.storage_settings.shared_fs_usage)

@@ -18,5 +18,6 @@ rule eval_cell:
         method=lambda w: w.method,
         seed=lambda w: w.seed,
         jax_threads=jax_threads_cap(),
+        compile_cache=COMPILE_CACHE,
     script:
         "../scripts/eval_cell.py"

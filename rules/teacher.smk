@@ -17,6 +17,7 @@ rule teacher_rollouts:
         splits=config["rollouts"]["splits"],
         rollouts=config["rollouts"],
         jax_threads=jax_threads_cap(),
+        compile_cache=COMPILE_CACHE,
     script:
         "../scripts/teacher_rollouts.py"
 

@@ -19,6 +19,7 @@ rule train_base:
         ckpt_root=lambda w: f"{CKPT_ROOT}/{w.task}/base",
         monitor=config["monitor"],
         jax_threads=jax_threads_cap(),
+        compile_cache=COMPILE_CACHE,
     script:
         "../scripts/train_base.py"
 
@@ -63,6 +64,7 @@ rule train_cell:
         ckpt_root=lambda w: f"{CKPT_ROOT}/{w.task}/{w.method}/seed{w.seed}",
         monitor=config["monitor"],
         jax_threads=jax_threads_cap(),
+        compile_cache=COMPILE_CACHE,
     script:
         "../scripts/train_cell.py"
 

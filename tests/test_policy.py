@@ -145,3 +145,21 @@ def test_llama2_block_builds_and_runs(tmp_path):
     with jax.set_mesh(mesh):
         logits, hidden = forward(model, tok, jnp.ones_like(tok))
     np.testing.assert_allclose(logits, hidden @ output_head_weight(model), rtol=1e-5, atol=1e-5)
+
+
+def test_jobs_share_the_compile_cache_named_by_paths_compile_cache(tmp_path, monkeypatch):
+    """paths.compile_cache reaches maxtext_config through $CTS_JAX_CACHE_DIR (cts.script_support):
+    every compile is cached there (no minimum compile time); without it a job keeps its own."""
+    import jax
+
+    from cts.model.policy import _compile_cache_dir
+
+    monkeypatch.delenv("CTS_JAX_CACHE_DIR", raising=False)
+    assert _compile_cache_dir(str(tmp_path / "run")) == str(tmp_path / "run" / "jax_cache")
+    before = jax.config.jax_persistent_cache_min_compile_time_secs
+    monkeypatch.setenv("CTS_JAX_CACHE_DIR", str(tmp_path / "shared"))
+    try:
+        assert _compile_cache_dir(str(tmp_path / "run")) == str(tmp_path / "shared")
+        assert (tmp_path / "shared").is_dir() and jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before)

@@ -226,6 +226,20 @@ def _hardware() -> str:
     return {"gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}.get(backend, "cpu")
 
 
+def _compile_cache_dir(run_dir: str) -> str:
+    """XLA's persistent compilation cache: the shared directory a pipeline job was given
+    ($CTS_JAX_CACHE_DIR, from paths.compile_cache via cts.script_support), else one of its own.
+    XLA keys each entry by the program, compile options and jax/backend versions, so sharing it
+    across jobs only skips compiles; every compile is cached (no minimum compile time), since
+    the tiny laptop models compile in well under JAX's default 1 s threshold."""
+    shared = os.environ.get("CTS_JAX_CACHE_DIR")
+    if not shared:
+        return os.path.join(run_dir, "jax_cache")
+    os.makedirs(shared, exist_ok=True)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return shared
+
+
 def maxtext_config(
     cfg: ModelConfig,
     *,
@@ -271,11 +285,12 @@ def maxtext_config(
     if run_dir is None:
         run_dir = tempfile.mkdtemp(prefix="cts-maxtext-")
     os.makedirs(run_dir, exist_ok=True)
+    compile_cache = _compile_cache_dir(run_dir)
     return pyconfig.initialize(
         None,
         run_name="cts_policy",
         base_output_directory=os.path.join(run_dir, "maxtext"),
-        jax_cache_dir=os.path.join(run_dir, "jax_cache"),
+        jax_cache_dir=compile_cache,
         hardware=_hardware(),
         enable_checkpointing=False,
         skip_jax_distributed_system=True,
