@@ -141,7 +141,7 @@ def test_editing_a_data_file_reruns_what_depends_on_it(tmp_path):
     mbpp = tmp_path / "mbpp_small.jsonl"
     mbpp.write_text("".join((REPO / "data/mbpp/mbpp.jsonl").read_text().splitlines(keepends=True)[:30]))
     override = tmp_path / "mbpp.yaml"
-    override.write_text(f"tasks: [mbpp]\ndata:\n  mbpp: {{loader: mbpp, path: {mbpp}, limit: 24}}\n")
+    override.write_text(f"tasks: [mbpp]\ndata:\n  mbpp: {{loader: mbpp, path: {mbpp}, limit: 24}}\nbase_policy: {{error_rate: 0.0}}\n")
     target = "results/splits/mbpp/manifest.json"
     args = (target, "--configfile", str(CONFIG), str(override))
     out, _ = _snakemake(wd, *args)
@@ -161,7 +161,7 @@ def test_editing_a_data_file_reruns_what_depends_on_it(tmp_path):
     assert "rule data_prepare:" in plan and "rule data_split:" in plan and str(mbpp) in plan, plan[-3000:]
 
     gsm = tmp_path / "gsm.yaml"  # the vendored GSM8K files are inputs too
-    gsm.write_text("tasks: [gsm8k]\ndata:\n  gsm8k: {loader: gsm8k, source: repo, limit: 24}\n")
+    gsm.write_text("tasks: [gsm8k]\ndata:\n  gsm8k: {loader: gsm8k, source: repo, limit: 24}\nbase_policy: {error_rate: 0.0}\n")
     out, _ = _snakemake(wd, "--dry-run", "results/data/gsm8k/problems.jsonl", "--configfile", str(CONFIG), str(gsm))
     text = out.stdout + out.stderr
     assert out.returncode == 0 and str(REPO / "data/gsm8k/train.jsonl") in text and \
