@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cts.sandbox as sb  # noqa: E402
+import cts.verifiers.sandbox as sb  # noqa: E402
 from cts.tasks.schema import Problem  # noqa: E402
 from cts.verifiers.code import verify_many  # noqa: E402
 

@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 @pytest.fixture(params=["bwrap", "unshare"])
 def ns_level(request):
     """Each namespace isolation level of the code sandbox, skipped where this machine lacks it."""
-    import cts.sandbox as sb
+    import cts.verifiers.sandbox as sb
 
     ok, why = sb._probe(request.param)
     if not ok:

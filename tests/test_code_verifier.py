@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cts.io import DataError
-from cts.sandbox import SandboxLimits
+from cts.verifiers.sandbox import SandboxLimits
 from cts.tasks.schema import Problem
 from cts.verifiers.code import (CodeVerdict, detect_test_form, normalize_lines, verify_code,
                                 verify_many)

@@ -1,4 +1,4 @@
-"""Hostile-program tests for cts.sandbox, run at every isolation level that works here.
+"""Hostile-program tests for cts.verifiers.sandbox, run at every isolation level that works here.
 
 Each test asserts both that the sandbox reports the right outcome and that the host is
 untouched (files, processes, the test runner itself). "rlimits" gives no network or /tmp
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-import cts.sandbox as sb
-from cts.sandbox import SandboxLimits, run_many, run_python
+import cts.verifiers.sandbox as sb
+from cts.verifiers.sandbox import SandboxLimits, run_many, run_python
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -258,7 +258,7 @@ def test_killing_the_parent_fails(level):
     attack.append("print('attacker done')")
     driver = textwrap.dedent(f"""
         import os
-        from cts.sandbox import run_python
+        from cts.verifiers.sandbox import run_python
         r = run_python({chr(10).join(attack)!r}, isolation={level!r})
         print("SURVIVED", os.getpid(), r.returncode, r.killed_by_signal)
         """)
@@ -345,7 +345,7 @@ def test_unprivileged_caller(tmp_path):
     driver = textwrap.dedent(f"""
         import json, sys
         sys.path.insert(0, {str(REPO)!r})
-        import cts.sandbox as sb
+        import cts.verifiers.sandbox as sb
         out = {{}}
         for lvl in ("bwrap", "unshare"):
             ok, why = sb._probe(lvl)

@@ -18,6 +18,7 @@ import pytest
 
 from cts.model import smollm2 as S
 from cts.model.gguf_tokenizer import render_chat_prompt, tokenizer_from_gguf_metadata
+from tests.oracles import smollm2_reference as oracle
 
 # ----------------------------------------------------------------------------------------------
 # Synthetic tiny llama
@@ -131,7 +132,7 @@ def test_adjacent_pair_rope_on_gguf_rows_equals_rotate_half_on_hf_rows():
     h = rng.normal(size=6)
     pos = 7
     q_gguf = (_hf_to_gguf_rows(w_hf, 2) @ h).reshape(1, 2, 8)
-    rotated = S._rope_adjacent_pairs(q_gguf, np.array([pos]), 500.0)[0]  # (2, 8) in GGUF order
+    rotated = oracle._rope_adjacent_pairs(q_gguf, np.array([pos]), 500.0)[0]  # (2, 8) in GGUF order
     back = S.unpermute_gguf_rope_rows(rotated.reshape(16, 1), 2).reshape(2, 8)
     q_hf = (w_hf @ h).reshape(2, 8)
     expected = np.stack([_rotate_half_rope(q_hf[j], pos, 500.0) for j in range(2)])
@@ -142,7 +143,7 @@ def test_reference_forward_matches_independent_loop_llama():
     hf = _tiny_hf_weights()
     ids = [3, 1, 4, 1, 5, 9]
     expected = _loop_llama_hf(hf, ids)
-    logits, cache = S.reference_forward(_to_gguf(hf), TINY, ids, dtype=np.float64)
+    logits, cache = oracle.reference_forward(_to_gguf(hf), TINY, ids, dtype=np.float64)
     assert logits.shape == (6, TINY.vocab_size)
     assert len(cache) == 2 and cache[0][0].shape == (6, 1, 4)
     np.testing.assert_allclose(logits, expected, rtol=1e-10, atol=1e-10)
@@ -151,26 +152,26 @@ def test_reference_forward_matches_independent_loop_llama():
 def test_reference_kv_cache_and_layer_truncation():
     gg = _to_gguf(_tiny_hf_weights(3))
     ids = [2, 7, 7, 0, 10]
-    full, _ = S.reference_forward(gg, TINY, ids, dtype=np.float64)
-    first, cache = S.reference_forward(gg, TINY, ids[:3], dtype=np.float64)
-    rest, _ = S.reference_forward(gg, TINY, ids[3:], cache=cache, dtype=np.float64)
+    full, _ = oracle.reference_forward(gg, TINY, ids, dtype=np.float64)
+    first, cache = oracle.reference_forward(gg, TINY, ids[:3], dtype=np.float64)
+    rest, _ = oracle.reference_forward(gg, TINY, ids[3:], cache=cache, dtype=np.float64)
     np.testing.assert_allclose(np.concatenate([first, rest]), full, rtol=1e-12, atol=1e-12)
     # Zeroing block 1's residual writes makes the 2-layer model equal its 1-layer truncation.
     muted = dict(gg)
     for name in ("attn_output", "ffn_down"):
         muted[f"blk.1.{name}.weight"] = np.zeros_like(gg[f"blk.1.{name}.weight"])
     np.testing.assert_allclose(
-        S.reference_forward(muted, TINY, ids, dtype=np.float64)[0],
-        S.reference_forward(gg, TINY, ids, num_layers=1, dtype=np.float64)[0], rtol=1e-12, atol=1e-12,
+        oracle.reference_forward(muted, TINY, ids, dtype=np.float64)[0],
+        oracle.reference_forward(gg, TINY, ids, num_layers=1, dtype=np.float64)[0], rtol=1e-12, atol=1e-12,
     )
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 11\)"):
-        S.reference_forward(gg, TINY, [11])
+        oracle.reference_forward(gg, TINY, [11])
     with pytest.raises(ValueError, match="num_layers"):
-        S.reference_forward(gg, TINY, [1], num_layers=3)
+        oracle.reference_forward(gg, TINY, [1], num_layers=3)
     broken = dict(gg)
     del broken["blk.1.ffn_up.weight"]
     with pytest.raises(KeyError, match="blk.1.ffn_up.weight"):
-        S.reference_forward(broken, TINY, [1])
+        oracle.reference_forward(broken, TINY, [1])
 
 
 def _tiny_metadata() -> dict:
@@ -213,7 +214,7 @@ def test_gguf_to_hf_renames_unpermutes_and_keeps_the_function():
     np.testing.assert_array_equal(t["model.layers.0.mlp.down_proj.weight"], gg["blk.0.ffn_down.weight"])
     assert len(t) == 2 + 9 * TINY.num_layers
     ids = [3, 1, 4, 1, 5, 9, 2, 6]
-    np.testing.assert_allclose(hf_reference.forward(t, hf, ids), S.reference_forward(gg, TINY, ids, dtype=np.float64)[0],
+    np.testing.assert_allclose(hf_reference.forward(t, hf, ids), oracle.reference_forward(gg, TINY, ids, dtype=np.float64)[0],
                                rtol=1e-9, atol=1e-9)
     with pytest.raises(KeyError, match="blk.0.ffn_up.weight"):
         S.gguf_to_hf({k: v for k, v in gg.items() if k != "blk.0.ffn_up.weight"}, TINY)
@@ -305,7 +306,7 @@ def test_smollm2_tokenizer_round_trip(smollm2):
 def test_reference_greedy_answer(smollm2):
     metadata, tensors, config = smollm2
     tok = tokenizer_from_gguf_metadata(metadata)
-    out = S.reference_greedy_decode(tensors, config, _chat_ids(metadata), max_new_tokens=16,
+    out = oracle.reference_greedy_decode(tensors, config, _chat_ids(metadata), max_new_tokens=16,
                                     stop_ids=[config.eos_token_id])
     answer = tok.decode(out, skip_special_tokens=True)
     # Q4_1 SmolLM2-135M answers "2 + 3 = 5" greedily; a mis-loaded model produces noise.
@@ -336,8 +337,8 @@ def test_maxtext_truncated_matches_reference(smollm2):
     2 layers equals the GGUF-convention NumPy reference."""
     _, tensors, config = smollm2
     ids = np.array(_chat_ids(smollm2[0])[-16:])
-    ref = S.reference_forward(tensors, config, ids, num_layers=2)[0]
-    ref_bf16_head = S.reference_forward(tensors, config, ids, num_layers=2, head_bf16=True)[0]
+    ref = oracle.reference_forward(tensors, config, ids, num_layers=2)[0]
+    ref_bf16_head = oracle.reference_forward(tensors, config, ids, num_layers=2, head_bf16=True)[0]
 
     # Tied head: equal to the reference up to MaxText's bfloat16 tied head.
     tied = _runtime_logits(*_smollm2_runtime(2, tied=True), ids)
@@ -356,10 +357,10 @@ def test_maxtext_full_model_matches_reference_and_answers(smollm2):
 
     metadata, tensors, config = smollm2
     ids = _chat_ids(metadata)
-    ref = S.reference_forward(tensors, config, ids)[0]
+    ref = oracle.reference_forward(tensors, config, ids)[0]
     runtime, params = _smollm2_runtime(30, tied=False)
     assert np.abs(_runtime_logits(runtime, params, ids) - ref).max() < 2e-3
     sampler = runtime.sampler(1, len(ids), 16)
     res = sampler(params, [ids], jax.random.key(0), greedy=True)
     out = [int(t) for t in np.asarray(res.tokens)[0][: int(np.asarray(res.lengths)[0])]]
-    assert out == S.reference_greedy_decode(tensors, config, ids, max_new_tokens=16, stop_ids=[config.eos_token_id])
+    assert out == oracle.reference_greedy_decode(tensors, config, ids, max_new_tokens=16, stop_ids=[config.eos_token_id])

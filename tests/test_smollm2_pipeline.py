@@ -23,6 +23,7 @@ import yaml
 from cts.config import ConfigError, check_consistency
 from cts.model import smollm2 as S
 from cts.model.pretrained import PRETRAINED
+from tests.oracles import smollm2_reference as oracle
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2_CONFIG = REPO / "config" / "smollm2_gsm8k.yaml"
@@ -207,7 +208,7 @@ def test_truncated_smollm2_in_the_runtime_decodes_like_the_reference(gguf_path, 
     config = S.smollm2_model_config(metadata, tensors)
     tok = get_tokenizer("smollm2")
     for prompt, got, text in zip(prompts, ids, texts):
-        ref = S.reference_greedy_decode(tensors, config, encode_prompt(tok, prompt), max_new_tokens=24,
+        ref = oracle.reference_greedy_decode(tensors, config, encode_prompt(tok, prompt), max_new_tokens=24,
                                         stop_ids=[tok.eos_id], num_layers=2, head_bf16=True)
         assert got == [t for t in ref if t != tok.eos_id], (text, tok.decode(ref))
     print(f"truncated SmolLM2 runtime check: {time.time() - t0:.1f} s")
@@ -261,7 +262,7 @@ def test_smollm2_gsm8k_base_eval_through_the_pipeline(gguf_path, tmp_path):
     metadata, tensors = S.load_gguf_weights(gguf_path)
     config = S.smollm2_model_config(metadata, tensors)
     row = min(rows, key=lambda r: len(r["completion"]))
-    ref = S.reference_greedy_decode(tensors, config, encode_prompt(tok, test[row["problem_id"]].prompt),
+    ref = oracle.reference_greedy_decode(tensors, config, encode_prompt(tok, test[row["problem_id"]].prompt),
                                     max_new_tokens=400, stop_ids=[tok.eos_id], head_bf16=True)
     assert tok.decode([t for t in ref if t != tok.eos_id]) == row["completion"]
 

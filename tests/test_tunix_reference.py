@@ -1,4 +1,4 @@
-"""cts.tunix_backend: the project's B0/B1/B2 losses against Tunix 0.1.7's trainer code on the same
+"""tests/oracles/tunix_reference.py: the project's B0/B1/B2 losses against Tunix 0.1.7's trainer code on the same
 MaxText model (wrapped in maxtext's TunixMaxTextAdapter).
 
 The pure loss functions were already matched on precomputed log-probs
@@ -22,10 +22,10 @@ import pytest
 pytest.importorskip("tunix")
 pytest.importorskip("maxtext")
 
-from cts import tunix_backend as tb  # noqa: E402
 from cts.losses.grpo import GRPOConfig  # noqa: E402
 from cts.train.batching import make_batch  # noqa: E402
 from cts.train.loop import MethodSpec, make_loss_fn  # noqa: E402
+from tests.oracles import tunix_reference as tb  # noqa: E402
 
 # A small but non-degenerate decoder: 2 layers, grouped-query attention (4 query / 2 KV heads).
 MODEL = dict(emb_dim=64, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128, num_layers=2,

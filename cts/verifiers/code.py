@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cts.io import DataError
-from cts.sandbox import SandboxLimits, SandboxResult, isolation_level, run_python
+from cts.verifiers.sandbox import SandboxLimits, SandboxResult, isolation_level, run_python
 from cts.tasks.schema import Problem
 from cts.verifiers.trusted import (SplitTest, UnsupportedTest, bound_names, decode_plain,
                                    evaluate_skeleton, split_humaneval_check, split_test)

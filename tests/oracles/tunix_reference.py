@@ -1,4 +1,4 @@
-"""Tunix cross-check backend: B0 (SFT), B1 (DPO) and B2 (GRPO) losses recomputed by Tunix 0.1.7's
+"""Tunix cross-check (a test oracle, not a backend): B0 (SFT), B1 (DPO) and B2 (GRPO) losses recomputed by Tunix 0.1.7's
 own trainer code on the SAME MaxText model, wrapped in maxtext's `TunixMaxTextAdapter`.
 
 The project trains with one loop (`cts.train.loop`): its losses are pure functions of per-token
