@@ -15,6 +15,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cts.io import ConfigError
+from cts.model.pretrained import check_pretrained_config  # light: no JAX, no file read
+
 __all__ = ["Cell", "ConfigError", "SCHEMA_PATH", "apply_flip", "cells", "cell_config", "check_consistency",
            "coerce_numbers", "data_files", "expected_split_sizes", "fairness_fields", "fairness_view",
            "method_ids", "parse_method", "validate_config"]
@@ -116,10 +119,6 @@ def fairness_fields(config: dict, task: str) -> dict:
         "base_policy": config["base_policy"], "teacher": config["teacher"], "eval": config["eval"],
         "data": config["data"][task], "splits": config["splits"],
     })
-
-
-class ConfigError(ValueError):
-    """A config that fails the schema or is inconsistent; the message names the key and the value."""
 
 
 # ----------------------------------------------------------------------------- schema validation
@@ -350,8 +349,6 @@ def check_consistency(config: dict, schema_path: str | Path | None = None) -> No
          f"rollouts.splits {config['rollouts']['splits']} must include eval.split "
          f"{config['eval']['split']!r} (the base attempts there are the Δ_critique reference)")
     need("train" in config["rollouts"]["splits"], "rollouts.splits must include 'train' (y⁰ for the quadruples)")
-    from cts.model.pretrained import check_pretrained_config  # light: no JAX, no file read
-
     for problem in check_pretrained_config(config):
         need(False, problem)
     _check_flips(config, _load_schema(schema_path), need)

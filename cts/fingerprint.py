@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 
+from cts.answer_format import decode_template_hash
 from cts.io import stable_json
+from cts.teachers.prompts import prompt_template_hash
+from cts.verifiers.math import VERIFIER_VERSION
 
 __all__ = ["FairnessError", "cell_fingerprint", "check_fingerprints", "template_hashes"]
 
@@ -31,22 +34,11 @@ class FairnessError(RuntimeError):
 
 
 def template_hashes() -> dict:
-    from cts.teachers.prompts import prompt_template_hash
-
-    out = {"policy_prompt": hashlib.sha256(POLICY_PROMPT_TEMPLATE.encode()).hexdigest()[:16],
-           "teacher_prompt": prompt_template_hash()}
-    try:
-        from cts.losses.cts_objective import decode_template_hash
-
-        out["cts_decode"] = decode_template_hash()
-    except ImportError:  # pragma: no cover - the CTS module is part of the package
-        pass
-    return out
+    return {"policy_prompt": hashlib.sha256(POLICY_PROMPT_TEMPLATE.encode()).hexdigest()[:16],
+            "teacher_prompt": prompt_template_hash(), "cts_decode": decode_template_hash()}
 
 
 def cell_fingerprint(cell: dict, shared: dict, manifest: dict) -> dict:
-    from cts.verifiers.math import VERIFIER_VERSION
-
     fields = {
         "budget": cell["train"], "model": cell["model"], "tokenizer": cell["tokenizer"],
         "base_policy": shared["base_policy"], "teacher": shared["teacher"], "eval": shared["eval"],

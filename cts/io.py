@@ -22,6 +22,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "atomic_write_jsonl",
+    "ConfigError",
     "read_json",
     "read_jsonl",
     "sha256_file",
@@ -32,6 +33,12 @@ __all__ = [
 
 class DataError(ValueError):
     """Bad input data; the message names the file, the line and the field."""
+
+
+class ConfigError(ValueError):
+    """A config that fails the schema or is inconsistent; the message names the key and the value.
+    Defined here, below every layer, so a module that checks its part of the config (such as
+    cts.model.pretrained) raises it without importing cts.config; cts.config re-exports it."""
 
 
 @contextmanager

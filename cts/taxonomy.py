@@ -6,8 +6,9 @@ The programmatic teacher writes its critique and revision from a Diagnosis; the 
 re-tags every critique (LLM teachers' included) with the same rules, keeping the teacher's own
 tag beside it.
 
-Step indices refer to the attempt's reasoning steps (math: lines before `#### N`; code: the
-non-empty, non-comment lines of the function body). An error in the final-answer line itself
+Step indices refer to the attempt's reasoning steps (cts.answer_format: math, the lines before
+`#### N`; code, the non-empty, non-comment lines of the function body); its labels are the answer
+format's too (MATH_LABELS, CODE_LABELS, UNLOCALISED). An error in the final-answer line itself
 (math) or in the return line (code) gets index n_steps — one past the last step.
 
 Labels
@@ -27,20 +28,12 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from cts.answer_format import UNLOCALISED, answer_line_span, code_steps, math_steps
 from cts.tasks.schema import Problem
 from cts.tasks.synthetic import Op, apply_op, code_statement, math_step_line
 from cts.verifiers import math as mv
 
-__all__ = ["MATH_LABELS", "CODE_LABELS", "LABELS", "UNLOCALISED", "Diagnosis", "diagnose", "code_steps",
-           "math_steps", "operand_numbers", "parse_straight_line_code"]
-
-MATH_LABELS = ("arithmetic_slip", "wrong_operation", "misread_quantity", "missing_step",
-               "wrong_final_answer_extraction")
-CODE_LABELS = ("syntax", "runtime_error", "timeout", "wrong_output", "wrong_algorithm")
-LABELS = ("none", *MATH_LABELS, *CODE_LABELS)  # the label space a teacher (LLM or rules) may use
-# The rule-based tagger's tag for a wrong attempt with no evidence of where it goes wrong. Not a
-# teacher label (not in LABELS): such quadruples have no step, and no step-level critique id.
-UNLOCALISED = "unlocalised"
+__all__ = ["Diagnosis", "diagnose", "operand_numbers", "parse_straight_line_code"]
 
 _ANNOT = re.compile(r"<<\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*>>")
 _STATEMENT = re.compile(r"^ {4}x = x ([-+*]) (\d+)$")
@@ -63,21 +56,8 @@ class Diagnosis:
         return not self.correct and self.step is None
 
 
-def math_steps(attempt: str) -> list[tuple[int, int]]:
-    return mv.split_steps(attempt)
-
-
-def code_steps(attempt: str) -> list[tuple[int, int]]:
-    """Whitespace-stripped char spans of the body lines (one rule pipeline-wide: the teacher's)."""
-    from cts.teachers.prompts import attempt_steps  # prompts imports this module's labels
-
-    return attempt_steps("code", attempt)
-
-
 def _answer_line_span(attempt: str) -> tuple[int, int]:
     """The `#### N` line (step index n_steps); an empty span at the end when there is none."""
-    from cts.teachers.prompts import answer_line_span
-
     return answer_line_span(attempt) or (len(attempt), len(attempt))
 
 

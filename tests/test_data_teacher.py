@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from cts.answer_format import math_steps
 from cts.io import DataError
 from cts.splits import assign_splits, near_duplicate_clusters, split_manifest
 from cts.tasks.schema import Problem, Quadruple
@@ -22,7 +23,7 @@ def test_synth_math_is_gsm8k_format_and_gold_verifies():
     assert {p.horizon for p in problems} == {2, 4, 6}
     for p in problems:
         assert mv.is_correct(p.reference, p.answer)
-        assert len(mv.split_steps(p.reference)) == p.horizon
+        assert len(math_steps(p.reference)) == p.horizon
         assert all(c.ok and len(c.annotations) == 1 for c in mv.check_steps(p.reference))
     assert len({p.prompt for p in problems}) == 50
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cts.answer_format import math_steps
 from cts.verifiers.math import (
     VERIFIER_VERSION,
     answers_match,
@@ -20,7 +21,6 @@ from cts.verifiers.math import (
     format_value,
     is_correct,
     normalize_answer,
-    split_steps,
 )
 
 GSM8K_DIR = Path(__file__).resolve().parents[1] / "data" / "gsm8k"  # the vendored copy
@@ -230,7 +230,7 @@ def test_evaluate_expression_matches_python_on_random_expressions():
 
 def test_split_steps_spans_by_hand():
     # line 1 is chars [0, 47), "\n" at 47, line 2 (70 chars) is [48, 118); the answer line is not a step
-    assert split_steps(NATALIA) == [(0, 47), (48, 118)]
+    assert math_steps(NATALIA) == [(0, 47), (48, 118)]
     assert NATALIA[48:118].endswith("April and May.")
 
 
@@ -238,11 +238,11 @@ def test_split_steps_blank_lines_marker_and_no_marker():
     text = "  a = 1  \n\n\t\nb = 2 #### 2\n#### 3\nc\n #### 4\nafter"
     # whitespace excluded from spans; a mid-line marker and an earlier answer line are steps;
     # the last answer line and what follows are not
-    assert split_steps(text) == [(2, 7), (13, 25), (26, 32), (33, 34)]
-    assert [text[s:e] for s, e in split_steps(text)] == ["a = 1", "b = 2 #### 2", "#### 3", "c"]
-    assert split_steps("x\ny\n") == [(0, 1), (2, 3)]
-    assert split_steps("#### 5") == []
-    assert split_steps("a\r\nb") == [(0, 1), (3, 4)]
+    assert math_steps(text) == [(2, 7), (13, 25), (26, 32), (33, 34)]
+    assert [text[s:e] for s, e in math_steps(text)] == ["a = 1", "b = 2 #### 2", "#### 3", "c"]
+    assert math_steps("x\ny\n") == [(0, 1), (2, 3)]
+    assert math_steps("#### 5") == []
+    assert math_steps("a\r\nb") == [(0, 1), (3, 4)]
 
 
 def test_check_steps_on_the_first_gsm8k_example():
@@ -356,7 +356,7 @@ def test_corrupting_one_annotation_flags_exactly_that_step(gold_rows):
             continue
         m = rng.choice(matches)
         bad = text[: m.start(2)] + _bump(m.group(2)) + text[m.end(2):]
-        steps = split_steps(bad)
+        steps = math_steps(bad)
         target = next(i for i, (s, e) in enumerate(steps) if s <= m.start() < e)
         flags = [c.ok for c in check_steps(bad)]
         assert flags == [i != target for i in range(len(steps))], rid

@@ -26,7 +26,8 @@ from cts.teachers.llm import (  # noqa: E402
     cost_usd,
     retry_delay_s,
 )
-from cts.teachers.prompts import ResponseFormatError, attempt_steps, parse_response  # noqa: E402
+from cts.answer_format import CODE_LABELS, LABELS, MATH_LABELS, NO_ERROR, attempt_steps  # noqa: E402
+from cts.teachers.prompts import ResponseFormatError, parse_response  # noqa: E402
 
 ANTHROPIC_DUMMY_KEY = "sk-ant-test-XXXX-dummy-7f3a91"
 OPENAI_DUMMY_KEY = "sk-test-XXXX-dummy-openai-c42e"
@@ -106,15 +107,15 @@ def test_code_steps_are_function_body_lines_without_comments():
 
 
 def test_step_rules_agree_with_the_rule_based_tagger():
-    """Step indices must mean the same lines here and in cts.taxonomy (teacher-vs-rule agreement)."""
-    from cts import taxonomy
-    from cts.verifiers.math import split_steps
-    for text in (MATH_ATTEMPT, "a\n#### 1\nb\n#### 2", "x\n  \n y \n"):
-        assert attempt_steps("math", text) == split_steps(text) == taxonomy.math_steps(text)
+    """Step indices mean the same lines in the teacher's prompt and in cts.taxonomy's diagnosis
+    (teacher-vs-rule agreement): both read steps from cts.answer_format."""
+    from cts.taxonomy import diagnose
+    text = "a\n#### 1\nb\n#### 2"
+    assert [text[s:e] for s, e in attempt_steps("math", text)] == ["a", "#### 1", "b"]
     code = "import re\ndef f(s):\n    # strip\n    t = s.strip()\n\n    return t[::-1]\n"
-    ours = [code[s:e] for s, e in attempt_steps("code", code)]
-    theirs = [code[s:e].strip() for s, e in taxonomy.code_steps(code)]
-    assert ours == theirs == ["t = s.strip()", "return t[::-1]"]
+    assert [code[s:e] for s, e in attempt_steps("code", code)] == ["t = s.strip()", "return t[::-1]"]
+    d = diagnose(MATH_PROBLEM, MATH_ATTEMPT)  # 3 + 8 = 12: the slip is step 1, as MATH_REPLY says
+    assert d.step == MATH_REPLY["first_error_step"] and d.span == attempt_steps("math", MATH_ATTEMPT)[1]
 
 
 # PROMPT AND RESPONSE SCHEMA -----------------------------------------------------------------------
@@ -147,12 +148,11 @@ def test_prompt_numbers_steps_and_hash_tracks_template(monkeypatch):
             in messages[0]["content"])
     _, no_answer = prompts.build_messages(MATH_PROBLEM, "4 * 2 = 8")
     assert "[1] (no final `#### N` answer line)" in no_answer[0]["content"]
-    from cts.taxonomy import LABELS
-    assert set(LABELS) == {*prompts.MATH_ERROR_LABELS, *prompts.CODE_ERROR_LABELS, prompts.NO_ERROR}
+    assert set(LABELS) == {*MATH_LABELS, *CODE_LABELS, NO_ERROR}
     code_problem = Problem(id="mbpp-1", task="mbpp", kind="code", prompt="Reverse s.",
                            reference="def f(s):\n    return s[::-1]", tests=["assert f('ab') == 'ba'"])
     code_system, _ = prompts.build_messages(code_problem, "def f(s):\n    return s")
-    assert all(label in code_system for label in prompts.CODE_ERROR_LABELS)
+    assert all(label in code_system for label in CODE_LABELS)
     assert "arithmetic_slip" not in code_system
     h = prompts.prompt_template_hash()
     assert len(h) == 64 and h == prompts.prompt_template_hash()

@@ -22,10 +22,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from cts.cloud.settings import CloudConfigError
-
-__all__ = ["JOBSET_GROUP", "JOBSET_VERSION", "JobSpec", "TPU_TYPES", "TpuShape", "render_jobset",
+__all__ = ["CloudConfigError", "JOBSET_GROUP", "JOBSET_VERSION", "JobSpec", "TPU_TYPES", "TpuShape", "render_jobset",
            "tpu_shape", "validate_image", "validate_k8s_name"]
+
+
+class CloudConfigError(ValueError):
+    """A setting or name failed validation; the message names where it came from."""
+
 
 JOBSET_GROUP, JOBSET_VERSION = "jobset.x-k8s.io", "v1alpha2"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

@@ -13,12 +13,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+# the manifest's own patterns and checks; CloudConfigError lives there too (jobset is the lower
+# module: it validates what it renders without knowing about settings) and is re-exported here
+from cts.cloud.jobset import BUCKET_RE, QUEUE_RE, CloudConfigError, tpu_shape, validate_image
+
 __all__ = ["CloudConfigError", "ClusterSettings", "dry_run", "validate_run_name"]
-
-
-class CloudConfigError(ValueError):
-    """A setting or name failed validation; the message names where it came from."""
-
 
 RUN_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -97,8 +96,6 @@ class ClusterSettings:
     service_account: str | None = None
 
     def __post_init__(self):
-        from cts.cloud.jobset import BUCKET_RE, QUEUE_RE, tpu_shape, validate_image
-
         validate_image(self.image)
         _check(self.queue, QUEUE_RE, "CTS_KUEUE_QUEUE", "multislice-queue")
         if not 1 <= self.slices <= 64:

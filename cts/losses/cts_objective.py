@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cts.io import sha256_text
+# the decode context is the answer format's; re-exported here, where L_decode is defined
+from cts.answer_format import DECODE_TEMPLATE, decode_template_hash, format_decode_context
 from cts.losses.alignment import AlignmentConfig, alignment_loss
 
 __all__ = [
@@ -502,30 +503,3 @@ def cts_loss(heads: CTSHeads, hidden: jax.Array, mask: jax.Array, step_ids: jax.
         **energy_metrics,
     }
     return {"align": align, "energy": energy}, metrics
-
-
-# ----------------------------------------------------------------------------------------------
-# Decode context
-# ----------------------------------------------------------------------------------------------
-
-DECODE_TEMPLATE = (
-    "{prompt}\n\n"
-    "### First attempt\n{attempt}\n\n"
-    "### Critique\n{critique}\n\n"
-    "### Revised solution\n"
-)
-"""The context under which the loop scores y¹: L_decode = −log π_θ(y¹ | DECODE_TEMPLATE(x, y⁰, f)),
-summed over the revision's tokens only (the context tokens are not scored)."""
-
-
-def format_decode_context(prompt: str, attempt: str, critique: str) -> str:
-    """Fill DECODE_TEMPLATE; braces inside the texts are kept verbatim."""
-    for name, value in (("prompt", prompt), ("attempt", attempt), ("critique", critique)):
-        if not isinstance(value, str):
-            raise TypeError(f"format_decode_context: {name} must be a str, got {type(value).__name__}")
-    return DECODE_TEMPLATE.format(prompt=prompt, attempt=attempt, critique=critique)
-
-
-def decode_template_hash() -> str:
-    """sha256 of DECODE_TEMPLATE, to store next to every checkpoint that used it."""
-    return sha256_text(DECODE_TEMPLATE)

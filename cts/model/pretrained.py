@@ -27,6 +27,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from cts.io import ConfigError, sha256_file
+
 __all__ = ["PRETRAINED", "MATH_TASKS", "SMOLLM2_MAXTEXT_MODEL", "SYNTHETIC_LOADERS", "check_pretrained_config",
            "pretrained_params", "tokenizer_name_for"]
 
@@ -149,7 +151,6 @@ def _params_from_converted(init_params, converted: Mapping[str, Any]):
 
 def _smollm2_source():
     """SmolLM2's GGUF as an HF checkpoint: (config.json dict, tensor getter, provenance)."""
-    from cts.io import sha256_file
     from cts.model.smollm2 import find_smollm2_gguf, gguf_to_hf, load_gguf_weights, smollm2_model_config
 
     path = find_smollm2_gguf()
@@ -168,7 +169,6 @@ def _smollm2_source():
 
 def _hf_source(spec: Mapping[str, Any]):
     """A Hugging Face checkpoint directory (or gs:// copy): (config.json, tensor getter, provenance)."""
-    from cts.io import sha256_file
     from cts.model.hf_checkpoint import SafetensorsReader, local_checkpoint_dir, read_hf_config
 
     local = local_checkpoint_dir(spec["path"])
@@ -208,7 +208,6 @@ def pretrained_params(spec: str | Mapping[str, Any], runtime, *, allow_fewer_lay
     """
     from flax import nnx
 
-    from cts.config import ConfigError
     from cts.model.hf_checkpoint import (check_model_against_hf, convert_hf_to_maxtext, model_keys_from_hf_config,
                                          nnx_path_to_maxtext_key)
 

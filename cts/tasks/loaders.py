@@ -19,7 +19,7 @@ logged warning giving the count, and loading continues; no row is ever dropped s
 Per task (ids are path-safe and unique):
   gsm8k: `data/gsm8k/{train,test}.jsonl`. id `gsm8k-{split}-{index:05d}` (index = row position in
     the original file), prompt = question, reference = the gold solution, answer =
-    `normalize_answer` of its `#### N`, horizon = `len(split_steps(reference))`.
+    `normalize_answer` of its `#### N`, horizon = `len(math_steps(reference))`.
   mbpp: `data/mbpp/mbpp.jsonl` (the 974-task "full" set). id `mbpp-{task_id:04d}`. tests = the
     `test_list` assert strings, test_setup = `test_setup_code`, entry_point = the first function
     the first test calls that the reference defines, reference = `code` with CRLF -> LF. `split=`
@@ -59,7 +59,11 @@ from typing import Any, NamedTuple
 
 from cts.io import DataError, atomic_write_jsonl
 from cts.tasks.schema import Problem
-from cts.verifiers.math import normalize_answer, split_steps
+from cts.answer_format import math_steps
+# an upward import (data → checking), kept on purpose: gold answers are canonicalised by the
+# verifier's own normalize_answer, so gold and predictions go through one function and
+# VERIFIER_VERSION covers both (tests/test_import_layers.py, ALLOWED_UPWARD)
+from cts.verifiers.math import normalize_answer
 
 __all__ = [
     "APPS_DIFFICULTIES",
@@ -280,7 +284,7 @@ def _gsm8k_problem(row: dict, where: str, split: str, index: int) -> Problem:
     answer = normalize_answer(final)
     if answer is None:
         raise DataError(f"{where}: field 'answer': final answer {final!r} is not a number")
-    steps = split_steps(solution)
+    steps = math_steps(solution)
     if not steps:
         raise DataError(f"{where}: field 'answer' has no reasoning step before '####'")
     if not row["question"].strip():

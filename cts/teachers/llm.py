@@ -38,14 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cts.answer_format import NO_ERROR, answer_line_span, attempt_steps
 from cts.tasks.schema import Problem, Quadruple
 from cts.teachers.cache import CachedResponse, ResponseCache, request_key
 from cts.teachers.prompts import (
-    NO_ERROR,
     PROMPT_VERSION,
     ResponseFormatError,
-    answer_line_span,
-    attempt_steps,
     build_messages,
     parse_response,
     reask_message,

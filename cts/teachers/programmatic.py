@@ -21,9 +21,10 @@ A correct attempt gets the critique "All steps are correct." and y¹ = y⁰.
 
 from __future__ import annotations
 
+from cts.answer_format import code_steps, math_steps
 from cts.tasks.schema import Problem, Quadruple
 from cts.tasks.synthetic import Op, apply_op, code_statement, math_step_line
-from cts.taxonomy import Diagnosis, code_steps, diagnose, math_steps
+from cts.taxonomy import Diagnosis, diagnose
 from cts.verifiers import math as mv
 from cts.verifiers.outcome import verify_many
 
@@ -55,7 +56,7 @@ def _derived(problem: Problem, text: str) -> bool:
 def _free_math_revision(problem: Problem, attempt: str, d: Diagnosis) -> tuple[str, bool]:
     """(revision, continues_the_attempt). See the module docstring."""
     ref = problem.reference
-    ref_spans = mv.split_steps(ref)
+    ref_spans = math_steps(ref)
     answer_line = f"#### {problem.answer}"
     if d.step is not None:
         keep = [attempt[s:e] for s, e in math_steps(attempt)[: d.step]]

@@ -9,11 +9,10 @@ validated against `response_schema(kind, n_steps)`. Any edit to the wording, the
 changes `prompt_template_hash()`; bump `PROMPT_VERSION` with it so cached responses of the old prompt
 are never reused (the version is part of every cache key).
 
-Steps (math: `cts.verifiers.math.split_steps`, the same rule as `cts.taxonomy`):
-  math: the non-empty lines of the attempt before its final `#### N` line; an error in that final
-        answer line (or its absence) is step index n_steps, one past the last step;
-  code: the non-empty, non-comment lines of the function bodies (all such lines if there is no `def`).
-A step's span is the [start, end) character range of the line with surrounding whitespace removed.
+Steps and labels are the answer format's (`cts.answer_format`), the same rules as the verifier's
+and the rule-based tagger's: math steps are the non-empty lines before the final `#### N` line (an
+error in that line, or its absence, is step index n_steps); code steps are the non-empty,
+non-comment lines of the function bodies.
 """
 
 from __future__ import annotations
@@ -24,22 +23,14 @@ from typing import Any
 
 import jsonschema
 
+from cts.answer_format import NO_ERROR, answer_line_span, attempt_steps, error_labels, max_error_step
 from cts.io import sha256_text, stable_json
 from cts.tasks.schema import Problem
-from cts.taxonomy import CODE_LABELS, MATH_LABELS
-from cts.verifiers.math import split_steps as _math_steps  # one math-step rule pipeline-wide
 
 __all__ = [
-    "CODE_ERROR_LABELS",
-    "MATH_ERROR_LABELS",
-    "NO_ERROR",
     "PROMPT_VERSION",
     "ResponseFormatError",
-    "answer_line_span",
-    "attempt_steps",
     "build_messages",
-    "max_error_step",
-    "error_labels",
     "parse_response",
     "prompt_template_hash",
     "reask_message",
@@ -47,11 +38,6 @@ __all__ = [
 ]
 
 PROMPT_VERSION = "cts-teacher-v1"
-
-# the rule-based tagger's labels, so teacher and rule tags live in one label space
-MATH_ERROR_LABELS: tuple[str, ...] = MATH_LABELS
-CODE_ERROR_LABELS: tuple[str, ...] = CODE_LABELS
-NO_ERROR = "none"
 
 _LABEL_HELP = {
     "arithmetic_slip": "right operation, wrong arithmetic result",
@@ -115,98 +101,10 @@ Reply again with ONE JSON object with keys first_error_step, error_type, critiqu
 and nothing else."""
 
 _FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*\s*\n(.*?)\n?\s*```\s*$", re.DOTALL)
-_FINAL_ANSWER_LINE = re.compile(r"^\s*####")
-_DEF_LINE = re.compile(r"^(async\s+)?def\s")
 
 
 class ResponseFormatError(ValueError):
     """The LLM's reply is not a valid response object; the message is fed back in the re-ask."""
-
-
-def error_labels(kind: str) -> tuple[str, ...]:
-    """The taxonomy labels a teacher may use for `kind` ("math" | "code"), excluding "none"."""
-    if kind == "math":
-        return MATH_ERROR_LABELS
-    if kind == "code":
-        return CODE_ERROR_LABELS
-    raise ValueError(f"kind must be 'math' or 'code', got {kind!r}")
-
-
-# STEP SPANS ---------------------------------------------------------------------------------------
-
-def _line_spans(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, line) of every line, end excluding the newline."""
-    spans, pos = [], 0
-    for line in text.split("\n"):
-        spans.append((pos, pos + len(line), line))
-        pos += len(line) + 1
-    return spans
-
-
-def _stripped_span(start: int, line: str) -> tuple[int, int]:
-    lead = len(line) - len(line.lstrip())
-    return start + lead, start + len(line.rstrip())
-
-
-def _code_steps(text: str) -> list[tuple[int, int]]:
-    lines = [(s, line) for s, _, line in _line_spans(text)
-             if line.strip() and not line.strip().startswith("#")]
-    if not any(_DEF_LINE.match(line.lstrip()) for _, line in lines):
-        return [_stripped_span(s, line) for s, line in lines]  # a script: every statement counts
-    steps, in_body, in_header = [], False, False
-    for s, line in lines:
-        indented = line[:1] in (" ", "\t")
-        code = line.split("#", 1)[0].rstrip()  # rough: a '#' inside a string only shortens the check
-        if not indented:
-            in_body = False
-            in_header = bool(_DEF_LINE.match(line))
-            if in_header and code.endswith(":"):
-                in_header, in_body = False, True
-            continue
-        if in_header:  # continuation of a multi-line signature
-            if code.endswith(":"):
-                in_header, in_body = False, True
-            continue
-        if in_body:
-            steps.append(_stripped_span(s, line))
-    return steps
-
-
-def attempt_steps(kind: str, text: str) -> list[tuple[int, int]]:
-    """Character spans of the steps of an attempt.
-
-    Args:
-      kind: "math" or "code".
-      text: the attempt y⁰.
-
-    Returns:
-      [(start, end)] per step, in order; `text[start:end]` is the step's line without surrounding
-      whitespace. Math uses `cts.verifiers.math.split_steps` semantics (non-empty lines before the
-      final `#### N` line); code uses the non-empty, non-comment lines of top-level function bodies
-      (nested defs count as body lines), or all such lines when the attempt defines no function.
-    """
-    if kind == "math":
-        return _math_steps(text)
-    if kind == "code":
-        return _code_steps(text)
-    raise ValueError(f"kind must be 'math' or 'code', got {kind!r}")
-
-
-def answer_line_span(text: str) -> tuple[int, int] | None:
-    """Span of a math attempt's final `#### N` line (whitespace-stripped); None if it has none.
-
-    This line is step index n_steps (one past the last reasoning step), as in `cts.taxonomy`.
-    """
-    answer = None
-    for start, _, line in _line_spans(text):
-        if _FINAL_ANSWER_LINE.match(line):
-            answer = _stripped_span(start, line)
-    return answer
-
-
-def max_error_step(kind: str, n_steps: int) -> int:
-    """Largest valid first_error_step: n_steps for math (the answer line), n_steps - 1 for code."""
-    return n_steps if kind == "math" else max(n_steps - 1, 0)
 
 
 # MESSAGES -----------------------------------------------------------------------------------------

@@ -42,12 +42,12 @@ import numpy as np
 import optax
 from flax import nnx
 
+from cts.answer_format import LABELS, format_decode_context, trajectory_steps
 from cts.losses.alignment import AlignmentConfig
 from cts.losses.cts_objective import (CTSConfig, CTSHeads, critique_embedding, cts_loss, cts_total,
-                                      energy_loss, format_decode_context, term_weights)
+                                      energy_loss, term_weights)
 from cts.losses.sft import sft_loss
 from cts.model.policy import token_logprobs
-from cts.taxonomy import LABELS, code_steps, math_steps
 from cts.train.batching import bucket_length, encode_prompt, make_batch
 
 __all__ = ["CriticConfig", "CriticGateError", "cts_config_from_dict", "setup_cts", "trajectory_steps"]
@@ -102,16 +102,6 @@ def cts_config_from_dict(d: dict, max_steps: int) -> CTSConfig:
 
 
 # ----------------------------------------------------------------------------- step maps, flags
-
-def trajectory_steps(kind: str, text: str) -> list[tuple[int, int]]:
-    """Char spans of the trajectory's steps: the reasoning steps, then (math) the `#### N` line."""
-    if kind != "math":
-        return code_steps(text)
-    from cts.teachers.prompts import answer_line_span
-
-    answer = answer_line_span(text)
-    return math_steps(text) + ([answer] if answer is not None else [])
-
 
 def _localised(q) -> bool:
     return not q.attempt_correct and q.error_span is not None and q.first_error_step is not None

@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from cts.answer_format import math_steps
 from cts.verifiers import math as mv
 
 __all__ = ["INJECTION_KINDS", "Injected", "inject_error"]
@@ -41,7 +42,7 @@ _NUM_TOKEN = re.compile(r"(?<![\d.])(?:\d+(?:\.\d+)?|\.\d+)")
 
 @dataclass(frozen=True)
 class Injected:
-    """A solution with one injected error: `text`, its `step` index (split_steps), `kind`, `note`."""
+    """A solution with one injected error: `text`, its `step` index (cts.answer_format.math_steps), `kind`, `note`."""
 
     text: str
     step: int
@@ -58,7 +59,7 @@ def _fmt(v: Fraction) -> str:
 
 
 def _candidate_steps(prompt: str, solution: str) -> list[tuple[int, tuple[int, int], re.Match]]:
-    spans = mv.split_steps(solution)
+    spans = math_steps(solution)
     credits = mv.step_credits(prompt, solution)
     passing = {c.index for c in credits if c.ok}
     out = []
@@ -74,7 +75,7 @@ def _candidate_steps(prompt: str, solution: str) -> list[tuple[int, tuple[int, i
 
 def _known_before(prompt: str, solution: str, step: int) -> set[Fraction]:
     known = mv.text_numbers(prompt)
-    for s, e in mv.split_steps(solution)[:step]:
+    for s, e in math_steps(solution)[:step]:
         known |= mv.text_numbers(re.sub(r"<<[^<>]*>>", " ", solution[s:e]))
         for m in _ANN.finditer(solution[s:e]):
             try:
@@ -95,7 +96,7 @@ def _replace_visible(after: str, old: str, new: str) -> str:
 def _propagate(solution: str, step: int, old: Fraction, new: Fraction) -> str:
     """Carry a changed result forward: later annotations that use `old` use `new` (and so on)."""
     mapping = {old: new}
-    spans = mv.split_steps(solution)
+    spans = math_steps(solution)
     out, pos = [], 0
     for i, (s, e) in enumerate(spans):
         if i <= step:

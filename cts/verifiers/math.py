@@ -8,8 +8,8 @@ Two jobs, both pure functions of strings:
    `"1,234.50"`, `"$1234.5"` and `"2469/2"` are all the same answer and no float rounding
    ever decides a match.
 2. Steps. A GSM8K solution is a list of lines, each optionally carrying calculator annotations
-   `<<48/2=24>>`, and ends with `#### N`. `split_steps` gives the character span of every step
-   (the final-answer line is not a step); `check_steps` re-evaluates every annotation with a
+   `<<48/2=24>>`, and ends with `#### N`. Its steps are `cts.answer_format.math_steps` (the
+   final-answer line is not a step); `check_steps` re-evaluates every annotation with a
    small recursive-descent parser (never `eval`) and `first_error_step` returns the index of
    the first step whose arithmetic is wrong. This is what localizes the first error in an
    attempt for the programmatic teacher.
@@ -48,6 +48,8 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from cts.answer_format import math_steps
+
 __all__ = [
     "VERIFIER_VERSION",
     "Annotation",
@@ -67,7 +69,6 @@ __all__ = [
     "is_correct",
     "normalize_answer",
     "parse_annotation_number",
-    "split_steps",
     "step_credits",
     "text_numbers",
 ]
@@ -84,7 +85,6 @@ _NUMBER_IN_TEXT = re.compile(
     r"(?:(?<![\w).])(?P<sign>[-−+]))?(?:\$\s*(?P<sign2>[-−])?)?"
     rf"(?P<num>{_NUM})(?:\s*/\s*(?P<den>\d+(?:\.\d+)?))?"
 )
-_ANSWER_LINE = re.compile(r"^\s*####")
 _FINAL_MARKER = re.compile(r"####[ \t]*(?P<ans>[^\n]*)")
 _ANNOTATION = re.compile(r"<<(?P<body>[^<>]*)>>")
 _MAX_EXPONENT = 64
@@ -271,30 +271,6 @@ class StepCheck:
     ok: bool
 
 
-def split_steps(solution: str) -> list[tuple[int, int]]:
-    """[start, end) character spans of the reasoning steps of `solution`.
-
-    A step is a non-blank line; its span excludes surrounding whitespace (and a `\r`). The final
-    answer line -- the LAST line that starts with `####` -- is not a step, nor is anything after
-    it; without such a line every non-blank line is a step. An earlier `####` line (an answer the
-    attempt later revised) stays a step, and so does a line with `####` in mid-line. This is the
-    same rule as `cts.teachers.prompts.attempt_steps("math", ...)`.
-    """
-    lines, pos = [], 0
-    for line in solution.split("\n"):
-        lines.append((pos, line))
-        pos += len(line) + 1
-    answer_lines = [i for i, (_, line) in enumerate(lines) if _ANSWER_LINE.match(line)]
-    if answer_lines:
-        lines = lines[: answer_lines[-1]]
-    spans = []
-    for start, line in lines:
-        if line.strip():
-            lead = len(line) - len(line.lstrip())
-            spans.append((start + lead, start + len(line.rstrip())))
-    return spans
-
-
 class _ParseError(ValueError):
     pass
 
@@ -474,12 +450,12 @@ def _check_annotation(body: str, span: tuple[int, int]) -> Annotation:
 def check_steps(solution: str) -> list[StepCheck]:
     """Re-evaluate every `<<expression=claimed>>` annotation of every step of `solution`.
 
-    Returns one StepCheck per step of `split_steps(solution)`. An annotation is wrong when its
+    Returns one StepCheck per step of `math_steps(solution)`. An annotation is wrong when its
     expression does not parse (or divides by zero), it has no `=`, or its claimed value differs
     from the exact value beyond the rounding allowed by the decimals it shows.
     """
     checks = []
-    for index, (start, end) in enumerate(split_steps(solution)):
+    for index, (start, end) in enumerate(math_steps(solution)):
         line = solution[start:end]
         annotations = tuple(
             _check_annotation(m.group("body"), (start + m.start(), start + m.end()))
@@ -735,7 +711,7 @@ def step_credits(prompt: str, solution: str, *, stop_at_failure: bool = True) ->
     """
     known = text_numbers(prompt)
     out = []
-    for index, (start, end) in enumerate(split_steps(solution)):
+    for index, (start, end) in enumerate(math_steps(solution)):
         line = solution[start:end]
         comps = _computations(line)
         failure: tuple[str, Fraction | None] | None = None
