@@ -41,8 +41,8 @@ def main():
     args = ap.parse_args()
 
     from cts.io import read_jsonl
-    from cts.stages import load_final_params, load_problems
-    from cts.tasks.schema import Quadruple
+    from cts.tasks.schema import Quadruple, load_problems
+    from cts.train.artifacts import load_final_params
     from cts.train.cts_step import setup_cts
     from cts.train.loop import LoopConfig, MethodSpec, TrainData, make_optimizer
     from cts.train.runtime import PolicyRuntime

@@ -14,7 +14,8 @@ def main(sweep_path: str, config_path: str = "workflow_config.yaml", results: st
 
     from cts.config import cell_config
     from cts.io import read_json, read_jsonl
-    from cts.stages import eval_cell, train_cell
+    from cts.stages.eval import eval_cell
+    from cts.stages.train import train_cell
 
     config, sweep = yaml.safe_load(open(config_path)), yaml.safe_load(open(sweep_path))
     task, seed = sweep["task"], sweep["seed"]

@@ -1,4 +1,4 @@
-"""Audit artifacts: the rendered DAG and a provenance record of the run.
+"""Audit artifacts: the rendered DAG, a provenance record of the run, the table as HTML for the report.
 
 `render_dag` renders `snakemake --dag` of a target to SVG (graphviz `dot`) and to mermaid. Without
 graphviz the SVG holds the mermaid source as text (and says so), so the audit never silently
@@ -7,8 +7,10 @@ lacks a DAG.
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from cts.io import atomic_write_json, atomic_write_text, read_json, sha256_file, stable_json, sha256_text
 
-__all__ = ["render_dag", "write_provenance"]
+__all__ = ["render_dag", "render_table_html", "write_provenance"]
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ott-jax", "maxtext", "google-tunix",
             "snakemake", "numpy", "scipy", "statsmodels", "scikit-learn", "pandas", "anthropic", "openai")
@@ -82,3 +84,52 @@ def write_provenance(config: dict, manifests: list[str], fingerprints: str, teac
                  for m in sorted(manifests)},
         "fingerprints": read_json(fingerprints), "teacher_cache": cache,
     })
+
+
+def render_table_html(md_path: str, out_html: str, log=print) -> None:
+    """results/table.md as an HTML fragment for `snakemake --report`: headings, pipe tables,
+    paragraphs, **bold** and `code` — the subset build_table writes (no markdown package needed)."""
+    def inline(text: str) -> str:
+        text = html.escape(text)
+        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+        text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+        return re.sub(r"(?<![*\w])\*([^*]+)\*(?![*\w])", r"<i>\1</i>", text)
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    with open(md_path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    out, para, i = [], [], 0
+
+    def flush():
+        if para:
+            out.append(f"<p>{inline(' '.join(para))}</p>")
+            para.clear()
+
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            flush()
+            level = min(6, len(line) - len(line.lstrip("#")))
+            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.strip().startswith("|") and i + 1 < len(lines) and re.match(r"^\s*\|[\s:|-]+\|\s*$", lines[i + 1]):
+            flush()
+            rows = ["<tr>" + "".join(f"<th>{inline(c)}</th>" for c in cells(line)) + "</tr>"]
+            i += 2
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                rows.append("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells(lines[i])) + "</tr>")
+                i += 1
+            out.append("<table border='1' cellpadding='3' style='border-collapse:collapse'>" + "".join(rows) + "</table>")
+            continue
+        elif line.strip().startswith(("- ", "* ")):
+            flush()
+            out.append(f"<ul><li>{inline(line.strip()[2:])}</li></ul>")
+        elif not line.strip():
+            flush()
+        else:
+            para.append(line.strip())
+        i += 1
+    flush()
+    atomic_write_text(out_html, "<html><body>\n" + "\n".join(out) + "\n</body></html>\n")
+    log(f"rendered {md_path} → {out_html}")

@@ -1,6 +1,6 @@
 from cts.script_support import stage_logger
 
 log = stage_logger(snakemake)
-from cts.stages import render_table_html
+from cts.stages.audit import audit_report_table
 
-render_table_html(snakemake.input[0], snakemake.output[0], log=log)
+audit_report_table(snakemake.input[0], snakemake.output[0], log=log)

@@ -1,6 +1,6 @@
 from cts.script_support import stage_logger
 
 log = stage_logger(snakemake)
-from cts.stages import data_prepare
+from cts.stages.data import data_prepare
 
 data_prepare(snakemake.wildcards.task, snakemake.params.data, snakemake.output[0], log=log)

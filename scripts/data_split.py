@@ -3,7 +3,7 @@ import os
 from cts.script_support import stage_logger
 
 log = stage_logger(snakemake)
-from cts.stages import data_split
+from cts.stages.data import data_split
 
 data_split(snakemake.input[0], snakemake.params.splits, os.path.dirname(snakemake.output.manifest), log=log,
            required_splits=tuple(snakemake.params.required_splits))

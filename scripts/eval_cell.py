@@ -1,7 +1,7 @@
 from cts.script_support import stage_logger
 
 log = stage_logger(snakemake)
-from cts.stages import eval_cell
+from cts.stages.eval import eval_cell
 
 eval_cell(snakemake.input.final, snakemake.input.test, snakemake.input.tagged, snakemake.params.eval,
           snakemake.params.method, int(snakemake.params.seed), snakemake.output[0], log=log,

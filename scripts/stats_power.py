@@ -1,7 +1,7 @@
 from cts.script_support import stage_logger
 
 log = stage_logger(snakemake)
-from cts.stages import stats_power
+from cts.stages.stats import stats_power
 
 p = snakemake.params
 stats_power(p.plan, dict(zip(p.tasks, snakemake.input.manifests)), p.eval_split, snakemake.output[0], log=log)

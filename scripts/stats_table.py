@@ -1,7 +1,7 @@
 from cts.script_support import stage_logger
 
 log = stage_logger(snakemake)
-from cts.stages import stats_table
+from cts.stages.stats import stats_table
 
 i, o, p = snakemake.input, snakemake.output, snakemake.params
 stats_table(list(i.evals), list(i.metrics), p.plan, dict(zip(p.tasks, i.manifests)), p.eval_split,

@@ -1,7 +1,7 @@
 from cts.script_support import stage_logger
 
 log = stage_logger(snakemake)
-from cts.stages import taxonomy_tag
+from cts.stages.taxonomy import taxonomy_tag
 
 taxonomy_tag(snakemake.input.quadruples, snakemake.input.attempts, snakemake.output.tagged,
              snakemake.output.summary, log=log)

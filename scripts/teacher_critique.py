@@ -1,7 +1,7 @@
 from cts.script_support import stage_logger
 
 log = stage_logger(snakemake)
-from cts.stages import teacher_critique
+from cts.stages.teacher import teacher_critique
 
 teacher_critique(snakemake.input[0], snakemake.params.teacher, snakemake.output.quadruples,
                  cache_dir=snakemake.params.cache_dir, workers=snakemake.threads, log=log,

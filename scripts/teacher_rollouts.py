@@ -1,7 +1,7 @@
 from cts.script_support import stage_logger
 
 log = stage_logger(snakemake)
-from cts.stages import teacher_rollouts
+from cts.stages.teacher import teacher_rollouts
 
 splits = dict(zip(snakemake.params.splits, snakemake.input.splits))
 teacher_rollouts(snakemake.input.base, splits, snakemake.params.rollouts, snakemake.output[0], log=log)

@@ -1,7 +1,7 @@
 from cts.script_support import stage_logger
 
 log = stage_logger(snakemake)
-from cts.stages import train_base
+from cts.stages.train import train_base
 
 p = snakemake.params
 train_base(snakemake.wildcards.task, snakemake.input.train, p.model, p.tokenizer, p.base_policy,

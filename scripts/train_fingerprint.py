@@ -1,7 +1,7 @@
 from cts.script_support import stage_logger
 
 log = stage_logger(snakemake)
-from cts.stages import train_fingerprint
+from cts.stages.train import train_fingerprint
 
 manifests = dict(zip(snakemake.params.tasks, snakemake.input.manifests))
 train_fingerprint(snakemake.params.cells, manifests, snakemake.output[0], log=log)

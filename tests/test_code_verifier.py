@@ -417,7 +417,7 @@ def test_humaneval_as_loaded_is_verified_and_unverifiable_ones_are_left_out_at_d
     canonical solutions pass; problems whose check() loops over candidate calls are dropped by
     data_prepare with their ids in the log, never failing a training job."""
     from cts.io import read_jsonl
-    from cts.stages import data_prepare
+    from cts.stages.data import data_prepare
     from cts.tasks import load_task
     from cts.verifiers.code import check_verifiable
 

@@ -13,7 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_llm_server import FakeLLMServer, Reply  # noqa: E402
 
-from cts import stages  # noqa: E402
+from cts.stages.data import data_prepare, data_split  # noqa: E402
+from cts.stages.teacher import teacher_critique  # noqa: E402
 from cts.io import DataError, read_json, read_jsonl  # noqa: E402
 from cts.tasks.schema import Problem  # noqa: E402
 from cts.train.checkpoint import CheckpointStore, load_params, save_params, state_dir  # noqa: E402
@@ -138,7 +139,7 @@ def test_an_invalid_reply_is_skipped_not_cached_and_a_fixed_server_is_asked_agai
     bad = json.dumps({**MATH_REPLY, "error_type": "wrong_algorithm"})  # a code label on math: invalid
     with FakeLLMServer(default=Reply(bad)) as srv:
         llm_env.setenv("CTS_ANTHROPIC_BASE_URL", srv.anthropic_base_url)
-        stages.teacher_critique(str(tmp_path / "attempts.jsonl"), TEACHER, str(out), cache_dir=str(cache),
+        teacher_critique(str(tmp_path / "attempts.jsonl"), TEACHER, str(out), cache_dir=str(cache),
                                 log=logged.append, out_skipped=str(skipped))
         assert srv.n_requests == 3 * 2  # each attempt: the ask and one re-ask
     assert read_json(skipped)["n_skipped"] == 3 and read_jsonl(out) == []
@@ -149,7 +150,7 @@ def test_an_invalid_reply_is_skipped_not_cached_and_a_fixed_server_is_asked_agai
 
     with FakeLLMServer(default=Reply(json.dumps(MATH_REPLY))) as srv:  # the server is fixed
         llm_env.setenv("CTS_ANTHROPIC_BASE_URL", srv.anthropic_base_url)
-        stages.teacher_critique(str(tmp_path / "attempts.jsonl"), TEACHER, str(out), cache_dir=str(cache),
+        teacher_critique(str(tmp_path / "attempts.jsonl"), TEACHER, str(out), cache_dir=str(cache),
                                 log=logged.append, out_skipped=str(skipped))
         assert srv.n_requests == 3  # asked again, not replayed from the cache
     assert read_json(skipped)["n_skipped"] == 0 and len(read_jsonl(out)) == 3
@@ -163,7 +164,7 @@ def test_on_invalid_fail_stops_the_job(tmp_path, llm_env):
     with FakeLLMServer(default=Reply(bad)) as srv:
         llm_env.setenv("CTS_ANTHROPIC_BASE_URL", srv.anthropic_base_url)
         with pytest.raises(InvalidReplyError, match="gsm8k-train-00000.*no valid reply after 1 re-ask"):
-            stages.teacher_critique(str(tmp_path / "attempts.jsonl"), {**TEACHER, "on_invalid": "fail"},
+            teacher_critique(str(tmp_path / "attempts.jsonl"), {**TEACHER, "on_invalid": "fail"},
                                     str(tmp_path / "q.jsonl"), cache_dir=str(tmp_path / "cache"))
 
 
@@ -172,10 +173,10 @@ def test_teacher_limit_spends_on_train_first_and_refuses_to_starve_eval(tmp_path
     with FakeLLMServer(default=Reply(json.dumps(MATH_REPLY))) as srv:
         llm_env.setenv("CTS_ANTHROPIC_BASE_URL", srv.anthropic_base_url)
         with pytest.raises(DataError, match=r"teacher.limit 4 leaves 1 of the 2 test attempts without a critique"):
-            stages.teacher_critique(str(tmp_path / "attempts.jsonl"), {**TEACHER, "limit": 4},
+            teacher_critique(str(tmp_path / "attempts.jsonl"), {**TEACHER, "limit": 4},
                                     str(tmp_path / "q.jsonl"), cache_dir=str(tmp_path / "cache"))
         assert srv.n_requests == 0  # refused before any request
-        stages.teacher_critique(str(tmp_path / "attempts.jsonl"), {**TEACHER, "limit": 5},
+        teacher_critique(str(tmp_path / "attempts.jsonl"), {**TEACHER, "limit": 5},
                                 str(tmp_path / "q.jsonl"), cache_dir=str(tmp_path / "cache"))
     rows = read_jsonl(tmp_path / "q.jsonl")
     assert [r["split"] for r in rows] == ["train", "train", "train", "test", "test"]
@@ -184,10 +185,10 @@ def test_teacher_limit_spends_on_train_first_and_refuses_to_starve_eval(tmp_path
 # ----------------------------------------------------------------------------- data
 
 def test_an_empty_split_fails_in_data_split_naming_task_and_split(tmp_path):
-    stages.data_prepare("synth_math", {"loader": "synth_math", "n_problems": 12, "horizons": [2], "max_operand": 5,
+    data_prepare("synth_math", {"loader": "synth_math", "n_problems": 12, "horizons": [2], "max_operand": 5,
                                        "max_value": 20, "seed": 0}, str(tmp_path / "p.jsonl"))
     with pytest.raises(DataError, match=r"synth_math: the test split is empty \(12 problems"):
-        stages.data_split(str(tmp_path / "p.jsonl"), {"fractions": {"train": 1.0, "dev": 0.0, "test": 0.0},
+        data_split(str(tmp_path / "p.jsonl"), {"fractions": {"train": 1.0, "dev": 0.0, "test": 0.0},
                                                       "seed": 0}, str(tmp_path / "splits"),
                           required_splits=("train", "test"))
 
@@ -196,7 +197,7 @@ def test_teacher_skips_are_noted_in_the_table(tmp_path):
     from tests.test_stats_table import make_eval_files
 
     from cts.io import atomic_write_json
-    from cts.stages import _teacher_skips_section
+    from cts.stats.teacher_quality import teacher_skips_section
     from cts.stats.table import build_table
 
     manifest = tmp_path / "results/splits/gsm8k/manifest.json"
@@ -204,7 +205,7 @@ def test_teacher_skips_are_noted_in_the_table(tmp_path):
     ev = make_eval_files(tmp_path / "evals", methods={"B3": 0.0, "B5": 1.0}, tasks=("gsm8k",), seeds=(0, 1))
     doc = build_table(ev, base="B3", ablation_base=None, seed=0, n_boot=50,
                       out_md=str(tmp_path / "table.md"), out_json=str(tmp_path / "table.json"),
-                      extra_sections=[_teacher_skips_section({"gsm8k": str(manifest)}, log=lambda m: None)])
+                      extra_sections=[teacher_skips_section({"gsm8k": str(manifest)}, log=lambda m: None)])
     text = (tmp_path / "table.md").read_text()
     assert text.startswith("# Results") and "3 attempt(s) of gsm8k" in text and "on_invalid: skip" in text
     assert doc["extra"]["teacher_skips"] == {"gsm8k": 3}
@@ -216,7 +217,7 @@ def test_a_cells_state_changes_with_its_config_and_with_each_input(tmp_path):
     resolved config and the content of its inputs, so an edited method block or a retrained base
     never finds the old state."""
     from cts.io import atomic_write_json
-    from cts.stages import base_state, cell_state
+    from cts.train.artifacts import base_state, cell_state
 
     (tmp_path / "train.jsonl").write_text('{"id": 1}\n')
     (tmp_path / "tagged.jsonl").write_text('{"q": 1}\n')

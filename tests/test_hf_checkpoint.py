@@ -332,7 +332,7 @@ def test_tiny_qwen3_checkpoint_through_the_pipeline(checkpoints, tmp_path):
     final = read_json(tmp_path / "results/base/gsm8k/final.json")
     assert final["steps"] == 1 and final["pretrained"]["model"] == "qwen3-0.6b"
     assert set(final["pretrained"]["safetensors_sha256"]) == {"model.safetensors"}
-    from cts.stages import load_problems
+    from cts.tasks.schema import load_problems
 
     test = load_problems(tmp_path / "results/splits/gsm8k/test.jsonl")
     rows = read_jsonl(tmp_path / target)

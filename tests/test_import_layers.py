@@ -1,4 +1,6 @@
-"""The import graph of `cts/`: no cycles and no module importing from a layer above its own.
+"""The import graph of `cts/`: no cycles and no module importing from a layer above its own; the
+stages mirror the rules (one `cts/stages/<stage>.py` per `rules/<stage>.smk`, each rule script
+calling one function of its own stage, no function-level imports in a stage).
 
 Edges are read with `ast` from every `import` / `from ... import` in a module, at any depth (a
 function-level import is still an edge: it only moves the cycle from import time to call time).
@@ -9,6 +11,7 @@ The implicit import of a package's `__init__` by its submodules is not an edge.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -29,7 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # the training loop, its methods, runtime and checkpoints
     ("training", ("cts.train", "cts.methods")),
     # the experiment around training: config, fairness, statistics, audit, cloud execution
-    ("experiment", ("cts.config", "cts.fingerprint", "cts.stats", "cts.audit", "cts.cloud")),
+    ("experiment", ("cts.config", "cts.fingerprint", "cts.evaluation", "cts.stats", "cts.audit", "cts.cloud")),
     # glue for Snakemake: one module per rule file, and the scripts' shared helpers
     ("glue", ("cts.stages", "cts.script_support")),
 )
@@ -173,3 +176,52 @@ def test_package_does_not_import_the_tests():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n == "tests" or n.startswith("tests.") for n in names), f"{mod} imports the tests"
+
+
+# ----------------------------------------------------------------------------- stages mirror rules
+
+def _rule_scripts() -> dict[str, str]:
+    """scripts/<name>.py → the rule file (stem) whose rule runs it."""
+    out = {}
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        for name in re.findall(r'"\.\./scripts/(\w+)\.py"', smk.read_text(encoding="utf-8")):
+            out[name] = smk.stem
+    return out
+
+
+def test_one_stage_module_per_rule_file():
+    rule_files = {p.stem for p in (ROOT / "rules").glob("*.smk")} - {"common"}  # common.smk: helpers, no rule
+    stages = {p.stem for p in (ROOT / "cts/stages").glob("*.py")} - {"__init__"}
+    assert stages == rule_files
+
+
+def test_each_rule_script_calls_one_function_of_its_own_stage():
+    scripts = _rule_scripts()
+    assert scripts and set(scripts) == {p.stem for p in (ROOT / "scripts").glob("*.py")}
+    for name, stage in scripts.items():
+        tree = ast.parse((ROOT / "scripts" / f"{name}.py").read_text(encoding="utf-8"))
+        cts_imports = [(n.module, [a.name for a in n.names]) for n in ast.walk(tree)
+                       if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("cts")
+                       and n.module != "cts.script_support"]
+        assert cts_imports == [(f"cts.stages.{stage}", [name])], f"scripts/{name}.py: {cts_imports}"
+
+
+# A function-level import in a stage hides what the stage depends on; only an optional dependency
+# (one a stage needs only on some configs, and which may be missing) may be imported inside a
+# function, named here with its reason. Today there is none.
+OPTIONAL_IMPORTS_IN_STAGES: dict[tuple[str, str], str] = {}
+
+
+def test_stages_have_no_function_level_imports():
+    found, paths = [], sorted((ROOT / "cts/stages").glob("*.py")) + sorted(ROOT.glob("cts/stages.py"))
+    assert paths
+    for path in paths:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                    for name in names:
+                        if (path.stem, name) not in OPTIONAL_IMPORTS_IN_STAGES:
+                            found.append(f"cts/stages/{path.name}:{node.lineno} {fn.name}() imports {name}")
+    assert not found, "\n".join(found)

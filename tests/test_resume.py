@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cts import stages
+from cts.stages.data import data_prepare, data_split
+from cts.stages.taxonomy import taxonomy_tag
+from cts.stages.teacher import teacher_critique, teacher_rollouts
+from cts.stages.train import train_base
 from cts.io import read_json
 
 pytestmark = pytest.mark.slow
@@ -32,23 +35,23 @@ CELL = {
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("resume")
-    stages.data_prepare("synth_math", {"loader": "synth_math", "n_problems": 30, "horizons": [2, 3],
+    data_prepare("synth_math", {"loader": "synth_math", "n_problems": 30, "horizons": [2, 3],
                                        "max_operand": 5, "seed": 3}, str(d / "problems.jsonl"))
-    stages.data_split(str(d / "problems.jsonl"), {"fractions": {"train": 0.6, "dev": 0.1, "test": 0.3},
+    data_split(str(d / "problems.jsonl"), {"fractions": {"train": 0.6, "dev": 0.1, "test": 0.3},
                                                   "seed": 0}, str(d / "splits"))
-    stages.train_base("synth_math", str(d / "splits/train.jsonl"), MODEL, "char",
+    train_base("synth_math", str(d / "splits/train.jsonl"), MODEL, "char",
                       {"steps": 2, "batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 0,
                        "error_rate": 0.3, "seed": 0}, str(d / "ckpt/base"), str(d / "base.json"))
-    stages.teacher_rollouts(str(d / "base.json"), {"train": str(d / "splits/train.jsonl")},
+    teacher_rollouts(str(d / "base.json"), {"train": str(d / "splits/train.jsonl")},
                             {"max_new_tokens": 24, "batch_size": 32}, str(d / "attempts.jsonl"))
-    stages.teacher_critique(str(d / "attempts.jsonl"), {"kind": "programmatic"}, str(d / "quads.jsonl"))
-    stages.taxonomy_tag(str(d / "quads.jsonl"), str(d / "attempts.jsonl"), str(d / "tagged.jsonl"),
+    teacher_critique(str(d / "attempts.jsonl"), {"kind": "programmatic"}, str(d / "quads.jsonl"))
+    taxonomy_tag(str(d / "quads.jsonl"), str(d / "attempts.jsonl"), str(d / "tagged.jsonl"),
                         str(d / "taxonomy.json"))
     return d
 
 
 def _job(d: Path, name: str) -> list[str]:
-    code = ("import json, sys; from cts.stages import train_cell; "
+    code = ("import json, sys; from cts.stages.train import train_cell; "
             f"train_cell(json.loads(sys.argv[1]), '{d}/base.json', '{d}/splits/train.jsonl', "
             f"'{d}/tagged.jsonl', '{d}/ckpt/{name}', '{d}/{name}.json', '{d}/{name}.metrics.jsonl')")
     return [sys.executable, "-c", code, json.dumps(CELL)]

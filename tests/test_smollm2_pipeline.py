@@ -223,7 +223,7 @@ def test_truncated_smollm2_in_the_runtime_decodes_like_the_reference(gguf_path, 
 def test_smollm2_gsm8k_base_eval_through_the_pipeline(gguf_path, tmp_path):
     from cts.io import read_json, read_jsonl
     from cts.model.tokenizer import get_tokenizer
-    from cts.stages import load_problems
+    from cts.tasks.schema import load_problems
     from cts.train.batching import encode_prompt
     from cts.verifiers.outcome import verify
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from cts.io import atomic_write_jsonl, read_jsonl
-from cts.stages import taxonomy_tag
+from cts.stages.taxonomy import taxonomy_tag
 from cts.stats.kappa import cohen_kappa
 from cts.stats.teacher_quality import teacher_quality
 from cts.tasks.schema import Problem, Quadruple

@@ -105,9 +105,6 @@ class Interval:
     low: float | None
     high: float | None
 
-    def excludes_zero(self) -> bool:
-        return self.low is not None and (self.low > 0 or self.high < 0)
-
 
 def task_rng(seed: int, task: str) -> np.random.Generator:
     """A generator for one task's bootstrap that depends only on (seed, task name).

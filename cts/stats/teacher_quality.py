@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cts.io import read_jsonl
+from cts.io import read_json, read_jsonl
 from cts.stats.kappa import cohen_kappa
 
-__all__ = ["teacher_quality", "teacher_section"]
+__all__ = ["teacher_quality", "teacher_section", "teacher_skips_section"]
 
 
 def teacher_quality(tagged_files: list[str | os.PathLike]) -> dict:
@@ -55,5 +55,29 @@ def teacher_section(tagged_files: list[str | os.PathLike]):
         if quality["tasks"]:
             ctx.extra_json["teacher_quality"] = quality["tasks"]
         return quality["markdown"]
+
+    return section
+
+
+def teacher_skips_section(manifest_paths: dict[str, str], log=print):
+    """A table section (cts.stats.table protocol): how many attempts the LLM teacher skipped
+    (teacher.on_invalid: skip). results/teacher/<task>/skipped.json is an input of every eval
+    cell, so the table is rebuilt whenever it changes."""
+
+    def section(ctx) -> list[str]:
+        counts = {}
+        for task, manifest in sorted(manifest_paths.items()):  # results/splits/<task>/manifest.json
+            results = os.path.dirname(os.path.dirname(os.path.dirname(manifest)))
+            path = os.path.join(results, "teacher", task, "skipped.json")
+            if os.path.exists(path) and read_json(path)["n_skipped"]:
+                counts[task] = read_json(path)["n_skipped"]
+        if not counts:
+            return []
+        ctx.extra_json["teacher_skips"] = counts
+        log(f"teacher skips noted in the table: {counts}")
+        return ["", "**Teacher skips** (`teacher.on_invalid: skip`): the LLM teacher's reply stayed invalid "
+                "after the re-asks for " + ", ".join(f"{n} attempt(s) of {t}" for t, n in counts.items())
+                + "; those problems are left out of training quadruples and of eval "
+                "(`results/teacher/<task>/skipped.json`)."]
 
     return section

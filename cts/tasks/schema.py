@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cts.io import DataError
+from cts.io import DataError, read_jsonl
 
-__all__ = ["Problem", "Quadruple", "SAFE_ID", "SPLITS"]
+__all__ = ["Problem", "Quadruple", "SAFE_ID", "SPLITS", "load_problems"]
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")  # ids end up in file names and shell commands
 SPLITS = ("train", "dev", "test")
@@ -159,3 +159,8 @@ class Quadruple:
             return cls(**row)
         except TypeError as e:
             raise DataError(f"{where}: {e}") from e
+
+
+def load_problems(path: str) -> list[Problem]:
+    """The Problem records of a JSONL file (one per line); a bad row raises DataError naming path:line."""
+    return [Problem.from_row(r, where=f"{path}:{i + 1}") for i, r in enumerate(read_jsonl(path))]

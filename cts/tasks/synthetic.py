@@ -23,6 +23,7 @@ __all__ = [
     "ERROR_KINDS_CODE",
     "Op",
     "apply_op",
+    "base_sft_pairs",
     "code_statement",
     "corrupt_solution",
     "generate_synth_code",
@@ -238,3 +239,18 @@ def corrupt_solution(problem: Problem, rng: random.Random) -> tuple[str, str, in
     else:  # runtime_error: an undefined name
         body[step] = body[step].replace("= x", "= y", 1)
     return "\n".join(["def f(x):", *body, "    return x"]), kind, step
+
+
+def base_sft_pairs(problems: list[Problem], error_rate: float, seed: int) -> list[tuple[str, str]]:
+    """The base policy's SFT data: (prompt, gold solution) of every problem, plus error-injected
+    solutions of the synthetic problems (`corrupt_solution`), `error_rate` of the mixture, so the
+    base policy makes the mistakes that critiques then point at."""
+    rng = random.Random(seed)
+    pairs = [(p.prompt, p.reference) for p in problems]
+    corruptible = [p for p in problems if "ops" in p.meta]
+    if corruptible and error_rate > 0:
+        n_bad = round(len(pairs) * error_rate / (1 - error_rate)) if error_rate < 1 else len(pairs)
+        for i in range(n_bad):
+            p = corruptible[i % len(corruptible)]
+            pairs.append((p.prompt, corrupt_solution(p, rng)[0]))
+    return pairs

@@ -46,7 +46,7 @@ from cts.verifiers.trusted import (SplitTest, UnsupportedTest, bound_names, deco
                                    evaluate_skeleton, split_humaneval_check, split_test)
 
 __all__ = ["CodeVerdict", "ERROR_TYPES", "check_verifiable", "code_of", "detect_test_form", "normalize_lines",
-           "verify_code", "verify_many"]
+           "verifiable_problems", "verify_code", "verify_many"]
 
 ERROR_TYPES = ("none", "syntax", "runtime", "wrong_output", "timeout")
 _MSG_CHARS = 500  # keep failure messages short: they end up in JSONL rows and prompts
@@ -75,10 +75,6 @@ class CodeVerdict:
             raise ValueError(f"error_type must be one of {ERROR_TYPES}, got {self.error_type!r}")
         if not 0 <= self.passed <= self.total:
             raise ValueError(f"passed={self.passed} outside [0, total={self.total}]")
-
-    @property
-    def pass_rate(self) -> float:
-        return self.passed / self.total if self.total else 0.0
 
 
 _FENCE = re.compile(r"^```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
@@ -390,6 +386,26 @@ def check_verifiable(problem: Problem) -> None:
     form = detect_test_form(problem)
     if form != "stdio":
         _split_tests(problem, form)
+
+
+def verifiable_problems(problems: list[Problem], log=print) -> list[Problem]:
+    """The problems whose tests the trusted parent can decide (check_verifiable; every math problem).
+    The others are left out here, named in the log, rather than failing a training job later
+    (7 of HumanEval's 164). DataError when none is left."""
+    kept, dropped = [], []
+    for p in problems:
+        try:
+            if p.kind == "code":
+                check_verifiable(p)
+            kept.append(p)
+        except DataError as e:
+            dropped.append(str(e))
+    if dropped:
+        log(f"left out {len(dropped)} of {len(problems)} problems whose tests cannot be verified outside "
+            "the candidate's process:\n  " + "\n  ".join(dropped))
+    if not kept:
+        raise DataError(f"no verifiable problems among {len(problems)}")
+    return kept
 
 
 def _harness_verdict(problem: Problem, code: str, form: str, limits: SandboxLimits,
