@@ -45,7 +45,7 @@ dag: $(STAMP)
 	  && test -s dag.svg.tmp && mv dag.svg.tmp dag.svg \
 	  || { rm -f dag.svg.tmp; echo "error: the DAG did not render (see the snakemake error above)" >&2; exit 1; }
 
-# Checkpoint states no current job names (an older config or older inputs; cts.stages.clean_checkpoints).
+# Checkpoint states no current job names (an older config or older inputs; cts.stages.train.clean_checkpoints).
 # CONFIG="--configfile my.yaml" (here and for dag) for another config.
 clean-checkpoints: $(STAMP)
 	$(VENV)/bin/snakemake --cores 1 clean_checkpoints $(CONFIG)

@@ -29,7 +29,7 @@ from cts.io import sha256_text
 
 __all__ = [
     "ANSWER_MARKER", "CODE_LABELS", "DECODE_TEMPLATE", "LABELS", "MATH_LABELS", "NO_ERROR", "UNLOCALISED",
-    "answer_line_span", "attempt_steps", "code_steps", "decode_template_hash", "error_labels",
+    "answer_line", "answer_line_span", "attempt_steps", "code_steps", "decode_template_hash", "error_labels",
     "format_decode_context", "math_steps", "max_error_step", "trajectory_steps",
 ]
 
@@ -72,6 +72,11 @@ def _line_spans(text: str) -> list[tuple[int, int, str]]:
 def _stripped_span(start: int, line: str) -> tuple[int, int]:
     lead = len(line) - len(line.lstrip())
     return start + lead, start + len(line.rstrip())
+
+
+def answer_line(answer) -> str:
+    """The final-answer line of a math solution: `#### 72`."""
+    return f"{ANSWER_MARKER} {answer}"
 
 
 def answer_line_span(text: str) -> tuple[int, int] | None:

@@ -101,7 +101,7 @@ def get_all_fairness():
 
 
 def get_checkpoint_jobs():
-    """Every job that keeps a checkpoint state, with what names its state (cts.stages.*_state)."""
+    """Every job that keeps a checkpoint state, with what names its state (cts.train.artifacts.*_state)."""
     jobs = [
         {
             "kind": "base",

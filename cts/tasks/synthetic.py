@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from cts.answer_format import answer_line
 from cts.tasks.schema import Problem
 
 __all__ = [
@@ -92,7 +93,7 @@ def solve_math(start: int, ops: list[Op]) -> str:
     for op in ops:
         lines.append(math_step_line(value, op))
         value = apply_op(value, op)
-    return "\n".join(lines + [f"#### {value}"])
+    return "\n".join(lines + [answer_line(value)])
 
 
 def code_statement(op: Op) -> str:
@@ -225,7 +226,7 @@ def corrupt_solution(problem: Problem, rng: random.Random) -> tuple[str, str, in
             final = value + rng.choice([-10, -1, 1, 10])
         if kind == "missing_step" and len(ops) == 1:
             kind, final = "wrong_final_answer_extraction", value + 1
-        return "\n".join(lines + [f"#### {final}"]), kind, step
+        return "\n".join(lines + [answer_line(final)]), kind, step
     kind = rng.choice(ERROR_KINDS_CODE)
     body = [code_statement(op) for op in ops]
     if kind == "wrong_output":  # a wrong constant or operator in one statement

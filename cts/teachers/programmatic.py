@@ -21,7 +21,7 @@ A correct attempt gets the critique "All steps are correct." and y¹ = y⁰.
 
 from __future__ import annotations
 
-from cts.answer_format import code_steps, math_steps
+from cts.answer_format import answer_line, code_steps, math_steps
 from cts.tasks.schema import Problem, Quadruple
 from cts.tasks.synthetic import Op, apply_op, code_statement, math_step_line
 from cts.taxonomy import Diagnosis, diagnose
@@ -44,7 +44,7 @@ def _synthetic_math_revision(problem: Problem, attempt: str, d: Diagnosis) -> st
     for op in ops[len(keep):]:
         lines.append(math_step_line(value, op))
         value = apply_op(value, op)
-    return "\n".join(lines + [f"#### {value}"])
+    return "\n".join(lines + [answer_line(value)])
 
 
 def _derived(problem: Problem, text: str) -> bool:
@@ -57,7 +57,7 @@ def _free_math_revision(problem: Problem, attempt: str, d: Diagnosis) -> tuple[s
     """(revision, continues_the_attempt). See the module docstring."""
     ref = problem.reference
     ref_spans = math_steps(ref)
-    answer_line = f"#### {problem.answer}"
+    answer = answer_line(problem.answer)
     if d.step is not None:
         keep = [attempt[s:e] for s, e in math_steps(attempt)[: d.step]]
         # the latest reference step whose continuation the kept prefix derives (largest j first)
@@ -65,7 +65,7 @@ def _free_math_revision(problem: Problem, attempt: str, d: Diagnosis) -> tuple[s
             if not keep and j == 0:
                 break  # nothing of the attempt to keep: that is the whole reference
             rest = [ref[s:e] for s, e in ref_spans[j:]]
-            candidate = "\n".join(keep + rest + [answer_line])
+            candidate = "\n".join(keep + rest + [answer])
             if _derived(problem, candidate):
                 return candidate, True
     return ref, False

@@ -1,4 +1,4 @@
-"""The LLM teacher's prompt: versioned template, response schema, parsing, and step spans.
+"""The LLM teacher's prompt: versioned template, response schema, parsing (steps: cts.answer_format).
 
 The teacher sees the problem and the first attempt y⁰ with its steps numbered from 0, and must answer
 with one JSON object

@@ -1,5 +1,5 @@
-"""Tunix cross-check (a test oracle, not a backend): B0 (SFT), B1 (DPO) and B2 (GRPO) losses recomputed by Tunix 0.1.7's
-own trainer code on the SAME MaxText model, wrapped in maxtext's `TunixMaxTextAdapter`.
+"""The Tunix cross-check, a test oracle: B0 (SFT), B1 (DPO) and B2 (GRPO) losses recomputed by Tunix
+0.1.7's own trainer code on the SAME MaxText model, wrapped in maxtext's `TunixMaxTextAdapter`.
 
 The project trains with one loop (`cts.train.loop`): its losses are pure functions of per-token
 log-probs computed from right-padded rows `BOS prompt \\n response EOS PAD…`. Tunix computes the
