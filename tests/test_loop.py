@@ -149,6 +149,7 @@ def _tiny_grpo_run(tmp_path, mu: int, name: str):
     return rows[-1]
 
 
+@pytest.mark.slow
 def test_grpo_mu_updates_per_batch_make_the_clip_act(tmp_path):
     """μ = 1 (the default): on-policy, ratio ≡ 1, the clip never acts. μ = 3 on the same batch:
     updates 2 and 3 see ρ = πθ/π_old ≠ 1 and the ε clip is active on some tokens."""
