@@ -309,9 +309,10 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
                 "cts/aux_total": cts_total(aux, cfg, base=jnp.zeros((), jnp.float32)),
                 "cts/unlocalised_frac": jnp.mean(b["unlocalised"]),
                 "cts/grad_norm/grpo": theta_norm(base_grads),
-                **{f"cts/grad_norm/{k}": weights[k] * theta_norm(grads[k]) if k in grads else jnp.zeros(())
+                # each term's gradient as the combiner adds it (λ_k ∇L_k): the weights are applied in cts_total only
+                **{f"cts/grad_norm/{k}": theta_norm(cts_total({k: grads[k]}, cfg)) if k in grads else jnp.zeros(())
                    for k in ("align", "decode")},
-                "cts/grad_norm/energy_psi": weights["energy"] * optax.global_norm(grads["energy"])
+                "cts/grad_norm/energy_psi": optax.global_norm(cts_total({"energy": grads["energy"]}, cfg))
                 if "energy" in grads else jnp.zeros(()),
             })
             return total, cts_total(grads, cfg), metrics
