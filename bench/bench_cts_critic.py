@@ -41,10 +41,10 @@ def main():
     args = ap.parse_args()
 
     from cts.io import read_jsonl
+    from cts.methods.cts_terms import CTSMethod, CTSMethodConfig
     from cts.tasks.schema import Quadruple, load_problems
     from cts.train.artifacts import load_final_params
-    from cts.train.cts_step import setup_cts
-    from cts.train.loop import LoopConfig, MethodSpec, TrainData, make_optimizer
+    from cts.train.loop import LoopConfig, TrainData, make_optimizer
     from cts.train.runtime import PolicyRuntime
 
     config = yaml.safe_load(open(args.config))
@@ -61,11 +61,13 @@ def main():
         for kv in filter(None, variant.split(",")):
             k, v = kv.split("=", 1)
             block = _set(block, k.strip(), v.strip())
-        s = setup_cts(data, log=lambda m: None)
+        cell = {"method_config": {"loss": "grpo", "reward": "verifier", "verifier_weight": 0.5, "cts": True},
+                "train": {"group_size": config["train"]["group_size"]}, "grpo": config["grpo"], "cts": block}
+        method = CTSMethod(CTSMethodConfig.from_cell(cell), runtime)
+        loop = LoopConfig(steps=30, prompts_per_step=16, group_size=config["train"]["group_size"])
         t0 = time.perf_counter()
-        s(runtime, MethodSpec(loss="grpo", reward="verifier", cts=block), {"policy": params},
-          make_optimizer(LoopConfig(steps=30, prompts_per_step=16)))
-        w = s.warmup
+        method.setup(data, loop, {"policy": params}, make_optimizer(loop), log=lambda m: None)
+        w = method.wiring.warmup
         a = w["dev_after_warmup"]
         print(json.dumps({"variant": variant or "config", "n_fit": w["n_fit"], "n_dev": w["n_dev"],
                           "n_unlocalised": w["n_unlocalised"], "n_failed": w["n_failed"],

@@ -53,7 +53,8 @@ def sft_flops(cfg, B: int, T: int) -> float:
 def bench_sft(args):
     from cts.losses.sft import sft_loss
     from cts.model.policy import ModelConfig, build_policy, forward, token_logprobs
-    from cts.train.loop import LoopConfig, MethodSpec, make_loss_fn, make_optimizer, make_train_step
+    from cts.methods.sft import SFTConfig, SFTMethod
+    from cts.train.loop import LoopConfig, make_optimizer, make_train_step
     from cts.train.runtime import PolicyRuntime
 
     model_cfg = dict(emb_dim=256, num_heads=4, num_kv_heads=4, head_dim=64, mlp_dim=1024, num_layers=4, max_len=256,
@@ -85,7 +86,7 @@ def bench_sft(args):
     # this project's loop step
     runtime = PolicyRuntime(model_cfg, "char", seed=0, batch_size=B)
     optimizer = make_optimizer(loop)
-    step = make_train_step(make_loss_fn(runtime, MethodSpec(loss="sft"), None, None), optimizer)
+    step = make_train_step(SFTMethod(SFTConfig(), runtime), optimizer)
     state = {"params": {"policy": runtime.init_params}}
     state["opt"] = optimizer.init(state["params"])
     batch = {"sft": {"tokens": tokens, "segment_ids": seg, "loss_mask": mask}}
@@ -108,11 +109,11 @@ def bench_sft(args):
 
 
 def bench_grpo(args):
-    from cts.losses.grpo import GRPOConfig
     from cts.tasks.synthetic import generate_synth_math
     from cts.teachers.programmatic import critique_many
+    from cts.methods.cts_terms import CTSMethod, CTSMethodConfig
+    from cts.methods.grpo import GRPOMethod, GRPOMethodConfig
     from cts.train import loop as L
-    from cts.train.cts_step import setup_cts
     from cts.train.runtime import PolicyRuntime
 
     model_cfg = dict(emb_dim=128, num_heads=4, num_kv_heads=4, head_dim=32, mlp_dim=512, num_layers=2, max_len=768)
@@ -137,7 +138,10 @@ def bench_grpo(args):
     key = jax.random.key(0)
 
     # (iv) parts of one B3 step
-    spec3 = L.MethodSpec(loss="grpo", reward="verifier", grpo=grpo)
+    cell = {"method_config": {"loss": "grpo", "reward": "verifier", "verifier_weight": 0.5},
+            "train": {"group_size": 4}, "grpo": grpo}
+    b3 = GRPOMethod(GRPOMethodConfig.from_cell(cell), runtime)
+    b3.setup(data, loop, {"policy": params0}, L.make_optimizer(loop))
     t0 = time.perf_counter()
     texts, ids, fin = runtime.generate(params0, [p.prompt for p in problems[:8] for _ in range(4)], key,
                                        max_new_tokens=144, batch_size=32, return_ids=True)
@@ -151,25 +155,19 @@ def bench_grpo(args):
     rng = np.random.default_rng(0)
 
     def build():
-        return L._grpo_batch(runtime, {"policy": params0}, data, spec3, loop, np.random.default_rng(0), key,
-                             L._grpo_pad_length(runtime, data, loop))
+        return b3.build_batch({"policy": params0}, np.random.default_rng(0), key)
 
-    batch3, host, _ = build()
+    batch3, host = build()
     t_build_total = median_time(build, args.repeats)  # sample + verify + batch
     t_batch = max(t_build_total - t_sample - t_verify, 0.0)
 
-    def step_time(spec, cts_setup):
-        optimizer = L.make_optimizer(loop)
-        params = {"policy": params0}
-        cts_terms = make_cts = None
-        if cts_setup is not None:
-            params, cts_terms, make_cts, optimizer = cts_setup(runtime, spec, params, optimizer)
-        fn = L.make_train_step(L.make_loss_fn(runtime, spec, GRPOConfig(num_generations=4, **grpo)), optimizer,
-                               cts_terms)
+    def step_time(method):
+        params, optimizer = method.setup(data, loop, {"policy": params0}, L.make_optimizer(loop))
+        fn = L.make_train_step(method, optimizer)
         opt_state = optimizer.init(params)
         batch = dict(batch3)
-        if make_cts is not None:
-            batch["cts"] = make_cts(rng, None)
+        if hasattr(method, "make_cts_batch"):
+            batch["cts"] = method.make_cts_batch(rng, None)
         batch = L._to_device(batch)
 
         def run():
@@ -179,9 +177,8 @@ def bench_grpo(args):
         with jax.set_mesh(runtime.mesh):
             return median_time(run, args.repeats)
 
-    t_update3 = step_time(spec3, None)
-    spec5 = L.MethodSpec(loss="grpo", reward="verifier", grpo=grpo, cts=cts)
-    t_update5 = step_time(spec5, setup_cts(data))
+    t_update3 = step_time(GRPOMethod(GRPOMethodConfig.from_cell(cell), runtime))
+    t_update5 = step_time(CTSMethod(CTSMethodConfig.from_cell({**cell, "cts": cts}), runtime))
     total3 = t_build_total + t_update3
     print(f"(iv) B3 GRPO step (8 prompts × G=4, 144 new tokens, d=128 L=2): total {total3 * 1e3:.0f} ms = "
           f"rollout {t_sample * 1e3:.0f} ms ({t_sample / total3:.0%}) + verify/reward {t_verify * 1e3:.0f} ms "

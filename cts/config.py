@@ -90,7 +90,7 @@ def cell_config(config: dict, task: str, method: str, seed: int) -> dict:
     }
     if config.get("parallelism"):
         out["parallelism"] = config["parallelism"]
-    if mcfg["loss"] == "grpo":
+    if "reward" in mcfg:  # the GRPO family (B2–B6): every method that rewards rollouts reads the `grpo` block
         out["grpo"] = config["grpo"]
     if mcfg.get("cts"):
         out["cts"] = config["cts"]

@@ -114,26 +114,34 @@ CTS_BLOCK = dict(latent_dim=8, trajectory="step", eta=0.5, edit_steps=1, alpha_w
                  alignment=dict(kind="sinkhorn", epsilon=0.1, tau=1.0, debiased=True, w_time=1.0, gamma=0.1))
 
 
-def _spec(**cts):
-    from cts.train.loop import MethodSpec
+def _config(**cts):
+    """B5's method config from a cell, as the train stage builds it (cts.methods.method_from_cell)."""
+    from cts.methods.cts_terms import CTSMethodConfig
 
-    block = {**CTS_BLOCK, **cts}
-    return MethodSpec(loss="grpo", reward="verifier", cts=block)
+    cell = {"method_config": {"loss": "grpo", "reward": "verifier", "verifier_weight": 0.5, "cts": True},
+            "train": {"group_size": 2}, "grpo": {}, "cts": {**CTS_BLOCK, **cts}}
+    return CTSMethodConfig.from_cell(cell)
+
+
+LOOP = dict(steps=4, prompts_per_step=2, group_size=2)
 
 
 def _setup(runtime, data, **cts):
-    from cts.train.cts_step import setup_cts
+    """The B5 plug-in set up as the loop sets it up: -> (method, params with heads, optimizer)."""
+    from cts.methods.cts_terms import CTSMethod
     from cts.train.loop import LoopConfig, make_optimizer
 
-    s = setup_cts(data, log=lambda m: None)
-    out = s(runtime, _spec(**cts), {"policy": runtime.init_params}, make_optimizer(LoopConfig(steps=4, prompts_per_step=2)))
-    return s, out
+    method = CTSMethod(_config(**cts), runtime)
+    loop = LoopConfig(**LOOP)
+    params, optimizer = method.setup(data, loop, {"policy": runtime.init_params}, make_optimizer(loop),
+                                     log=lambda m: None)
+    return method, (params, optimizer)
 
 
 def test_warm_up_raises_held_out_pair_accuracy_from_chance_to_the_threshold(runtime):
-    s, _ = _setup(runtime, _toy_data(), critic=dict(warmup_steps=200, learning_rate=3e-3, dev_fraction=0.3,
+    m, _ = _setup(runtime, _toy_data(), critic=dict(warmup_steps=200, learning_rate=3e-3, dev_fraction=0.3,
                                                     min_dev_pair_accuracy=0.9))
-    w = s.warmup
+    w = m.wiring.warmup
     assert w["n_dev"] >= 8 and w["n_fit"] >= 20 and w["n_unlocalised"] == 1
     before, after = w["dev_before_warmup"]["pair_accuracy"], w["dev_pair_accuracy"]
     assert before < 0.9 and after >= 0.9, (before, after)
@@ -160,38 +168,40 @@ def _grpo_batch(runtime, data, G=2):
     return {"grpo": {**b.as_dict(), "rewards": np.array([1.0, 0.0, 0.5, 0.0], np.float32)}}
 
 
-def _step(runtime, spec, setup, batch):
-    from cts.losses.grpo import GRPOConfig
-    from cts.train.loop import LoopConfig, make_loss_fn, make_optimizer, make_train_step
+def _step(runtime, method, setup, batch):
+    """One update through the loop's own jitted step (cts.train.loop.make_train_step)."""
+    from cts.train.loop import LoopConfig, make_optimizer, make_train_step
 
-    params, cts_step, make_cts_batch, optimizer = (
-        setup if setup is not None else ({"policy": runtime.init_params}, None, None,
-                                         make_optimizer(LoopConfig(steps=4, prompts_per_step=2))))
-    fn = make_train_step(make_loss_fn(runtime, spec, GRPOConfig(num_generations=2)), optimizer, cts_step)
+    params, optimizer = setup if setup is not None else ({"policy": runtime.init_params},
+                                                         make_optimizer(LoopConfig(**LOOP)))
+    fn = make_train_step(method, optimizer)
     b = dict(batch)
-    if make_cts_batch is not None:
-        b["cts"] = make_cts_batch(np.random.default_rng([0, 0]), None)
+    if hasattr(method, "make_cts_batch"):
+        b["cts"] = method.make_cts_batch(np.random.default_rng([0, 0]), None)
     new, _, metrics = fn(params, optimizer.init(params), runtime.init_params, jax.tree.map(jnp.asarray, b))
     return new, {k: float(v) for k, v in metrics.items()}
 
 
 def test_zero_lambda_b5_is_bit_identical_to_b3_through_the_loops_train_step(runtime):
-    from cts.train.loop import MethodSpec
+    from cts.losses.grpo import GRPOConfig
+    from cts.methods.grpo import GRPOMethod, GRPOMethodConfig
 
     data = _toy_data()
     batch = _grpo_batch(runtime, data)
-    b3, m3 = _step(runtime, MethodSpec(loss="grpo", reward="verifier"), None, batch)
+    b3_method = GRPOMethod(GRPOMethodConfig(reward="verifier", verifier_weight=0.5, grpo=GRPOConfig(num_generations=2)),
+                           runtime)
+    b3, m3 = _step(runtime, b3_method, None, batch)
     off = dict(lam_align=0.0, lam_decode=0.0, lam_energy=0.0, critic=dict(warmup_steps=5, min_dev_pair_accuracy=0.0))
-    _, setup0 = _setup(runtime, data, **off)
-    b5, m5 = _step(runtime, _spec(**off), setup0, batch)
+    b5_method, setup0 = _setup(runtime, data, **off)
+    b5, m5 = _step(runtime, b5_method, setup0, batch)
     assert m5["loss"] == m3["loss"]
     for x, y in zip(jax.tree_util.tree_leaves(b3["policy"]), jax.tree_util.tree_leaves(b5["policy"])):
         assert np.array_equal(np.asarray(x), np.asarray(y))
     assert m5["cts/aux_total"] == 0.0 and m5["cts/decode"] > 0  # still measured, not trained on
     # positive control: a nonzero λ₂ moves the policy
     on = dict(off, lam_decode=0.1)
-    _, setup1 = _setup(runtime, data, **on)
-    b5d, _ = _step(runtime, _spec(**on), setup1, batch)
+    b5d_method, setup1 = _setup(runtime, data, **on)
+    b5d, _ = _step(runtime, b5d_method, setup1, batch)
     assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
                zip(jax.tree_util.tree_leaves(b3["policy"]), jax.tree_util.tree_leaves(b5d["policy"])))
 
@@ -203,23 +213,21 @@ def test_per_term_gradients_combine_to_the_joint_gradient_and_log_their_weighted
     from flax import nnx
 
     from cts.losses.cts_objective import cts_loss
-    from cts.losses.grpo import GRPOConfig
     from cts.losses.sft import sft_loss
     from cts.model.policy import token_logprobs
-    from cts.train.loop import make_loss_fn
 
     data = _toy_data()
     lam1, lam2, lam3 = 0.5, 0.2, 0.3
     lam = dict(lam_align=lam1, lam_decode=lam2, lam_energy=lam3, critic=dict(warmup_steps=5, min_dev_pair_accuracy=0.0))
-    s, (params, cts_step, make_cts_batch, _) = _setup(runtime, data, **lam)
-    loss_fn = make_loss_fn(runtime, _spec(**lam), GRPOConfig(num_generations=2))
-    batch = jax.tree.map(jnp.asarray, {**_grpo_batch(runtime, data), "cts": make_cts_batch(np.random.default_rng(1), None)})
+    method, (params, _) = _setup(runtime, data, **lam)
+    s = method.wiring
+    batch = jax.tree.map(jnp.asarray, {**_grpo_batch(runtime, data),
+                                       "cts": method.make_cts_batch(np.random.default_rng(1), None)})
     main, b = {"grpo": batch["grpo"]}, batch["cts"]
 
     @jax.jit
-    def split(params):
-        (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(params, runtime.init_params, main)
-        return cts_step(params, b, loss, g)
+    def split(params):  # what the loop's update differentiates
+        return method.loss_and_grads(params, runtime.init_params, batch)
 
     def decode(policy):
         logits, _ = runtime.forward(policy, b["dec"]["tokens"], b["dec"]["segment_ids"])
@@ -227,7 +235,7 @@ def test_per_term_gradients_combine_to_the_joint_gradient_and_log_their_weighted
 
     @jax.jit
     def joint(p):
-        grpo, _ = loss_fn(p, runtime.init_params, main)
+        grpo, _ = method.loss(p, runtime.init_params, main)  # B3's GRPO loss
         heads = nnx.merge(s.heads_def, p["heads"])
         fwd = lambda k: runtime.forward(p["policy"], b[k]["tokens"], b[k]["segment_ids"])[1]  # noqa: E731
         m = b["crit"]["loss_mask"][..., None]

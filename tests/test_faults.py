@@ -87,7 +87,8 @@ def test_a_zero_gradient_run_aborts_with_a_diagnostic(tmp_path):
     """A learning rate of 1e4 collapses the model (issue 11: loss at ln 128, gradient exactly 0);
     the loop stops after dead_run_steps such steps instead of exiting 0."""
     from cts.tasks.synthetic import generate_synth_math
-    from cts.train.loop import LoopConfig, MethodSpec, TrainData, train
+    from cts.methods.sft import SFTConfig, SFTMethod
+    from cts.train.loop import LoopConfig, TrainData, train
     from cts.train.runtime import PolicyRuntime
 
     runtime = PolicyRuntime(dict(emb_dim=16, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32, num_layers=1,
@@ -96,7 +97,7 @@ def test_a_zero_gradient_run_aborts_with_a_diagnostic(tmp_path):
     loop = LoopConfig(steps=12, prompts_per_step=4, learning_rate=1e4, checkpoint_every=100, dead_run_steps=3)
     lines = []
     with pytest.raises(DeadRunError, match=r"dead run: .* for 3 steps in a row .* at step \d+: loss .*, lr .*, grad norm"):
-        train(runtime=runtime, init_params=runtime.init_params, ref_params=None, spec=MethodSpec(loss="sft"),
+        train(runtime=runtime, init_params=runtime.init_params, ref_params=None, method=SFTMethod(SFTConfig(), runtime),
               data=TrainData(sft_pairs=pairs), loop=loop, ckpt_dir=str(tmp_path / "ckpt"), log=lines.append)
     progress = [ln for ln in lines if ln.startswith("step ")]
     assert progress and all(k in progress[0] for k in ("step 1/12", "loss", "s/step", "lr", "ETA")), lines

@@ -7,10 +7,10 @@ Parallelism(fsdp=4, tensor=2) — and measures, on the same fixed batches:
 
   * weights: max |w_sharded − w_unsharded| over all parameters (same seed ⇒ 0);
   * layout: every parameter's PartitionSpec and the shape of one device's shard;
-  * SFT: one full `make_train_step(make_loss_fn(..., MethodSpec(loss="sft")), make_optimizer(...))`
+  * SFT: one full `make_train_step(SFTMethod(...), make_optimizer(...))`
     of the project's loop (loss → grads → clip → AdamW): the loss at the initial weights, the
     global grad norm and the updated parameters;
-  * GRPO: the loss of `MethodSpec(loss="grpo")` with fixed rewards, policy = initial weights and
+  * GRPO: the loss of the GRPO method (outcome reward) with fixed rewards, policy = initial weights and
     reference = the weights after the SFT step (so the KL term is not zero).
 
 The tests below assert on those measurements; the parent process never sees 8 devices.
@@ -65,7 +65,9 @@ def _worker(out_path: str) -> None:
     from cts.model.policy import batch_sharding, shard_batch
     from cts.losses.grpo import GRPOConfig
     from cts.train.batching import make_batch
-    from cts.train.loop import LoopConfig, MethodSpec, make_loss_fn, make_optimizer, make_train_step
+    from cts.methods.grpo import GRPOMethod, GRPOMethodConfig
+    from cts.methods.sft import SFTConfig, SFTMethod
+    from cts.train.loop import LoopConfig, make_optimizer, make_train_step
     from cts.train.runtime import PolicyRuntime
 
     assert jax.device_count() == N_DEVICES, jax.devices()
@@ -81,8 +83,7 @@ def _worker(out_path: str) -> None:
     grpo = {**sft, "rewards": np.array([1.0, 0.0, 0.5, 0.0, 0.0, 1.0, 1.0, 0.25], np.float32)}
 
     loop_cfg = LoopConfig(steps=10, prompts_per_step=B, learning_rate=1e-3, grad_clip=1.0)
-    grpo_spec = MethodSpec(loss="grpo", grpo=dict(beta=0.04, epsilon_low=0.2, epsilon_high=0.28))
-    grpo_cfg = GRPOConfig(num_generations=GROUP, **grpo_spec.grpo)
+    grpo_cfg = GRPOConfig(num_generations=GROUP, beta=0.04, epsilon_low=0.2, epsilon_high=0.28)
     out: dict = {"mesh": {k: int(v) for k, v in runtimes["sharded"].mesh.shape.items() if v > 1}}
     results = {}
     for name, rt in runtimes.items():
@@ -100,12 +101,11 @@ def _worker(out_path: str) -> None:
             put = lambda b, rt=rt: shard_batch(b, rt.mesh)  # noqa: E731
         else:
             put = lambda b: jax.tree.map(jnp.asarray, b)  # noqa: E731  (loop._to_device today)
-        sft_loss_fn = make_loss_fn(rt, MethodSpec(loss="sft"), None, None)
         sft_dev = {"sft": put(sft)}
         # metrics["loss"] is the SFT loss at the initial weights (value_and_grad, before the update)
-        step = make_train_step(sft_loss_fn, optimizer)
+        step = make_train_step(SFTMethod(SFTConfig(), rt), optimizer)
         new_params, _, metrics = step(params, opt_state, None, sft_dev)
-        grpo_loss_fn = make_loss_fn(rt, grpo_spec, grpo_cfg, None)
+        grpo_loss_fn = GRPOMethod(GRPOMethodConfig(reward="outcome", grpo=grpo_cfg), rt).loss
         grpo_dev = {"grpo": put(grpo)}
         gloss, gmetrics = jax.jit(grpo_loss_fn)(params, new_params["policy"], grpo_dev)
         results[name] = dict(params=params, new_params=new_params, sft_loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]),

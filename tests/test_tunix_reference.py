@@ -24,7 +24,9 @@ pytest.importorskip("maxtext")
 
 from cts.losses.grpo import GRPOConfig  # noqa: E402
 from cts.train.batching import make_batch  # noqa: E402
-from cts.train.loop import MethodSpec, make_loss_fn  # noqa: E402
+from cts.methods.dpo import DPOConfig, DPOMethod  # noqa: E402
+from cts.methods.grpo import GRPOMethod, GRPOMethodConfig  # noqa: E402
+from cts.methods.sft import SFTConfig, SFTMethod  # noqa: E402
 from tests.oracles import tunix_reference as tb  # noqa: E402
 
 # A small but non-degenerate decoder: 2 layers, grouped-query attention (4 query / 2 KV heads).
@@ -48,9 +50,9 @@ def perturbed(rt):
                         rt.init_params)
 
 
-def _project_loss(rt, spec, params, ref_params, key, batch, grpo_cfg=None):
-    loss_fn = make_loss_fn(rt, spec, grpo_cfg, None)
-    return loss_fn({"policy": params}, ref_params, {key: jax.tree.map(jnp.asarray, batch)})
+def _project_loss(method, params, ref_params, key, batch):
+    """The loss the loop trains on: the method plug-in's `loss`."""
+    return method.loss({"policy": params}, ref_params, {key: jax.tree.map(jnp.asarray, batch)})
 
 
 def _max_abs_diff(a, b):
@@ -129,7 +131,7 @@ def _sft_batch(rt, step=0):
 @pytest.mark.slow
 def test_sft_loss_matches_tunix_default_loss(rt):
     batch = _sft_batch(rt)
-    ours, _ = _project_loss(rt, MethodSpec(loss="sft"), rt.init_params, None, "sft", batch)
+    ours, _ = _project_loss(SFTMethod(SFTConfig(), rt), rt.init_params, None, "sft", batch)
     theirs = tb.tunix_sft_loss(rt, rt.init_params, batch)
     assert 3.0 < float(ours) < 6.0  # an untrained 128-way model: NLL near log 128 ≈ 4.85
     np.testing.assert_allclose(theirs, ours, **TOL)
@@ -169,10 +171,10 @@ DPO_METRICS = [("dpo/rewards_chosen", "rewards/chosen"), ("dpo/rewards_rejected"
 @pytest.mark.slow
 def test_dpo_same_reference_value_and_gradient_match(rt):
     batch, p = _dpo_batch(rt), rt.init_params
-    spec = MethodSpec(loss="dpo", beta=0.1)
+    method = DPOMethod(DPOConfig(beta=0.1), rt)
     with jax.set_mesh(rt.mesh):  # set_mesh is not allowed inside the grad trace
         (ours, m), g_ours = jax.value_and_grad(
-            lambda q: _project_loss(rt, spec, q, p, "dpo", batch), has_aux=True)(p)
+            lambda q: _project_loss(method, q, p, "dpo", batch), has_aux=True)(p)
         (theirs, aux), g_theirs = jax.value_and_grad(
             lambda q: tb.tunix_dpo_loss(rt, q, p, batch, beta=0.1), has_aux=True)(p)
     np.testing.assert_allclose([ours, theirs], [math.log(2)] * 2, **TOL)  # h = 0 at the reference
@@ -185,7 +187,7 @@ def test_dpo_same_reference_value_and_gradient_match(rt):
 @pytest.mark.slow
 def test_dpo_perturbed_reference_value_and_metrics_match(rt, perturbed):
     batch = _dpo_batch(rt)
-    ours, m = _project_loss(rt, MethodSpec(loss="dpo", beta=0.1), rt.init_params, perturbed,
+    ours, m = _project_loss(DPOMethod(DPOConfig(beta=0.1), rt), rt.init_params, perturbed,
                             "dpo", batch)
     theirs, aux = tb.tunix_dpo_loss(rt, rt.init_params, perturbed, batch, beta=0.1)
     assert abs(float(ours) - math.log(2)) > 1e-3  # the reference really differs
@@ -224,7 +226,8 @@ def test_grpo_same_reference_value_and_gradient_match(rt):
     batch, p = _grpo_batch(rt), rt.init_params
     with jax.set_mesh(rt.mesh):
         (ours, m), g_ours = jax.value_and_grad(
-            lambda q: _project_loss(rt, MethodSpec(loss="grpo"), q, p, "grpo", batch, GRPO_CFG),
+            lambda q: _project_loss(GRPOMethod(GRPOMethodConfig(reward="outcome", grpo=GRPO_CFG), rt), q, p,
+                                  "grpo", batch),
             has_aux=True)(p)
         (theirs, aux), g_theirs = jax.value_and_grad(
             lambda q: tb.tunix_grpo_loss(rt, q, p, batch, GRPO_CFG), has_aux=True)(p)
@@ -244,9 +247,9 @@ def test_grpo_perturbed_reference_matches(rt, perturbed, loss_agg, kl, step_pena
     cfg = GRPOConfig(num_generations=2, beta=0.3, epsilon_low=0.2, epsilon_high=0.28,
                      kl_estimator=kl, loss_agg=loss_agg)
     batch = _grpo_batch(rt, flag_spans=[None, (0, 2), (2, 5), None])
-    spec = MethodSpec(loss="grpo", reward="critique" if step_penalty else "outcome",
-                      critique_penalty=step_penalty)
-    ours, m = _project_loss(rt, spec, rt.init_params, perturbed, "grpo", batch, cfg)
+    method = GRPOMethod(GRPOMethodConfig(reward="critique" if step_penalty else "outcome",
+                                         critique_penalty=step_penalty, grpo=cfg), rt)
+    ours, m = _project_loss(method, rt.init_params, perturbed, "grpo", batch)
     theirs, aux = tb.tunix_grpo_loss(rt, rt.init_params, perturbed, batch, cfg,
                                      step_penalty=step_penalty)
     assert abs(float(m["grpo/kl"])) > 1e-3  # the KL term is live (k1 may be negative)

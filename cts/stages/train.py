@@ -14,8 +14,9 @@ from cts.tasks.synthetic import base_sft_pairs
 from cts.train.artifacts import (base_state, cell_state, load_final_params, project_path, states_in_use,
                                  write_final)
 from cts.train.checkpoint import remove_stale_states
-from cts.train.cts_step import setup_cts
-from cts.train.loop import LoopConfig, MethodSpec, TrainData, train
+from cts.methods import method_from_cell
+from cts.methods.sft import SFTConfig, SFTMethod
+from cts.train.loop import LoopConfig, TrainData, train
 from cts.train.runtime import PolicyRuntime
 
 __all__ = ["clean_checkpoints", "train_base", "train_cell", "train_fingerprint"]
@@ -43,7 +44,7 @@ def train_base(task: str, train_path: str, model_cfg: dict, tokenizer: str, base
                           checkpoint_every=max(1, base_cfg["steps"] // 4), seed=base_cfg["seed"],
                           **_monitor_fields(monitor))
         params, rows = train(runtime=runtime, init_params=init_params, ref_params=None,
-                             spec=MethodSpec(loss="sft"), data=TrainData(sft_pairs=pairs), loop=loop,
+                             method=SFTMethod(SFTConfig(), runtime), data=TrainData(sft_pairs=pairs), loop=loop,
                              ckpt_dir=ckpt_dir, log=log)
         params = params["policy"]
         log(f"base policy: {len(pairs)} training sequences ({len(pairs) - len(problems)} with an injected error)")
@@ -77,9 +78,9 @@ def train_cell(cell: dict, base_final: str, train_path: str, tagged_path: str, c
     ckpt_dir, digest, inputs = cell_state(cell, base_final, train_path, tagged_path, ckpt_root)
     log(f"state {digest[:16]} → {project_path(ckpt_dir)}")
     t = cell["train"]
-    spec = MethodSpec.from_cell(cell)
     runtime = PolicyRuntime(cell["model"], cell["tokenizer"], seed=cell["seed"], batch_size=t["prompts_per_step"],
                             parallelism=cell.get("parallelism"))
+    method = method_from_cell(cell, runtime)  # the method's plug-in (cts.methods) and its config
     base_params = load_final_params(runtime, base_final)
     problems = load_problems(train_path)
     quads = [Quadruple.from_row({k: v for k, v in r.items() if k not in ("split", "horizon")},
@@ -87,18 +88,11 @@ def train_cell(cell: dict, base_final: str, train_path: str, tagged_path: str, c
              for i, r in enumerate(read_jsonl(tagged_path)) if r.get("split") == "train"]
     data = TrainData(sft_pairs=[(q.prompt, q.revision) for q in quads], problems=problems,
                      quadruples=quads, problems_by_id={p.id: p for p in problems})
-    loop = LoopConfig(seed=cell["seed"], **{k: t[k] for k in (
-        "steps", "prompts_per_step", "group_size", "learning_rate", "warmup_steps", "weight_decay",
-        "grad_clip", "max_new_tokens", "temperature", "top_p", "checkpoint_every")}, **_monitor_fields(monitor))
-    cts_setup = None
-    if spec.cts is not None:
-        cts_setup = setup_cts(data, log=log)
-    params, rows = train(runtime=runtime, init_params=base_params, ref_params=base_params,
-                         spec=spec, data=data, loop=loop, ckpt_dir=ckpt_dir, log=log, cts_setup=cts_setup)
+    params, rows = train(runtime=runtime, init_params=base_params, ref_params=base_params, method=method,
+                         data=data, loop=LoopConfig.from_cell(cell, monitor), ckpt_dir=ckpt_dir, log=log)
     atomic_write_jsonl(out_metrics, rows)
     write_final(out_final, ckpt_dir=ckpt_dir, state_digest=digest, params=params["policy"], config=cell,
-                rows=rows, inputs=inputs,
-                extra=cts_setup.report(params, rows) if cts_setup is not None else None)  # critic, edit direction
+                rows=rows, inputs=inputs, extra=method.report(params, rows))  # B5: critic, edit direction
 
 
 def clean_checkpoints(ckpt_root: str, jobs: list[dict], log=print) -> None:

@@ -43,14 +43,13 @@ import optax
 from flax import nnx
 
 from cts.answer_format import LABELS, format_decode_context, trajectory_steps
-from cts.losses.alignment import AlignmentConfig
 from cts.losses.cts_objective import (CTSConfig, CTSHeads, critique_embedding, cts_loss, cts_total,
                                       energy_loss, term_weights)
 from cts.losses.sft import sft_loss
 from cts.model.policy import token_logprobs
 from cts.train.batching import bucket_length, encode_prompt, make_batch
 
-__all__ = ["CriticConfig", "CriticGateError", "cts_config_from_dict", "setup_cts", "trajectory_steps"]
+__all__ = ["CriticConfig", "CriticGateError", "setup_cts", "trajectory_steps"]
 
 _PSI = ("critique_proj", "energy_in", "energy_out", "critique_table")  # E_ψ's parameters
 
@@ -90,15 +89,6 @@ class CriticConfig:
             raise ValueError(f"cts.critic.min_dev_pair_accuracy must be in [0, 1], got {self.min_dev_pair_accuracy!r}")
         if not isinstance(self.fit_projection, bool):
             raise ValueError(f"cts.critic.fit_projection must be a bool, got {self.fit_projection!r}")
-
-
-def cts_config_from_dict(d: dict, max_steps: int) -> CTSConfig:
-    keys = ("latent_dim", "trajectory", "eta", "edit_steps", "alpha_width", "energy_hidden",
-            "critique_embedding", "lam_align", "lam_decode", "lam_energy", "energy_margin",
-            "energy_freeze", "online_critique")
-    return CTSConfig(**{k: d[k] for k in keys if k in d}, max_steps=max_steps,
-                     num_critique_ids=len(LABELS) if d.get("critique_embedding") == "learned" else 0,
-                     alignment=AlignmentConfig(**d.get("alignment", {})))
 
 
 # ----------------------------------------------------------------------------- step maps, flags
@@ -151,20 +141,22 @@ def _mean_ci(x: np.ndarray) -> dict:
 # ----------------------------------------------------------------------------- setup
 
 class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(data)(runtime, ...)
-    """cts_setup for cts.train.loop.train; `report(params, rows)` is the critic block of final.json."""
+    """The CTS wiring of the B5 plug-in (cts.methods.cts_terms): `setup_cts(data)(runtime, method_cfg, params,
+    optimizer) -> (params with heads, cts_step, make_cts_batch, optimizer)`; `report(params, rows)` is the
+    critic block of final.json. `method_cfg` is a cts.methods.cts_terms.CTSMethodConfig."""
 
     def __init__(self, data, log=print):
         self.data, self.log = data, log
         self.warmup: dict = {}
         self._evaluate, self._dev = None, []
 
-    def __call__(self, runtime, spec, params, optimizer):
+    def __call__(self, runtime, method_cfg, params, optimizer):
         data = self.data
         failed = [q for q in data.quadruples if not q.attempt_correct]
-        online = bool(spec.cts.get("online_critique"))
+        online = method_cfg.online_critique
         if not failed and not online:
             raise ValueError("B5 needs failed quadruples from the teacher stage; none in the train split")
-        critic = CriticConfig(**spec.cts.get("critic", {}))
+        critic = method_cfg.critic
         kinds = {p.id: p.kind for p in data.problems_by_id.values()}
         kind_of = lambda q: kinds.get(q.problem_id, "math")  # noqa: E731
         unlocalised = [q for q in failed if not _localised(q)]
@@ -175,7 +167,7 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
         # +2: the answer line is a step, and a loose flag (a missing answer line) one more
         max_steps = max([len(trajectory_steps(kind_of(q), t)) for q in failed
                          for t in (q.attempt, q.revision)] + [16]) + 2
-        cfg = cts_config_from_dict(spec.cts, max_steps)
+        cfg = method_cfg.terms.replace(max_steps=max_steps)
         D = runtime.model_cfg.emb_dim
         heads = CTSHeads(D, D, cfg, rngs=nnx.Rngs(params=1234))
         heads_def, heads_params = nnx.split(heads, nnx.Param)
@@ -205,7 +197,7 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
                         crit=longest([(q.prompt, q.critique) for q in failed]),
                         dec=longest([(format_decode_context(q.prompt, q.attempt, q.critique), q.revision)
                                      for q in failed]))
-        n = spec.cts.get("cts_batch_size", 8)
+        n = method_cfg.batch_size
 
         def batch_of(qs, rows=None):
             ks = [kind_of(q) for q in qs]
@@ -307,9 +299,10 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
                 "cts/aux_total": cts_total(aux, cfg, base=jnp.zeros((), jnp.float32)),
                 "cts/unlocalised_frac": jnp.mean(b["unlocalised"]),
                 "cts/grad_norm/grpo": theta_norm(base_grads),
-                **{f"cts/grad_norm/{k}": weights[k] * theta_norm(grads[k]) if k in grads else jnp.zeros(())
+                # each term's gradient as the combiner adds it (λ_k ∇L_k): the weights are applied in cts_total only
+                **{f"cts/grad_norm/{k}": theta_norm(cts_total({k: grads[k]}, cfg)) if k in grads else jnp.zeros(())
                    for k in ("align", "decode")},
-                "cts/grad_norm/energy_psi": weights["energy"] * optax.global_norm(grads["energy"])
+                "cts/grad_norm/energy_psi": optax.global_norm(cts_total({"energy": grads["energy"]}, cfg))
                 if "energy" in grads else jnp.zeros(()),
             })
             return total, cts_total(grads, cfg), metrics

@@ -245,7 +245,7 @@ def tunix_sft_loss(runtime: PolicyRuntime, params, batch: dict) -> jax.Array:
 
     Returns:
       float32 scalar: token-mean NLL of the supervised tokens. Equals
-      `make_loss_fn(runtime, MethodSpec(loss="sft"), None, None)` on {"sft": batch}.
+      `SFTMethod(SFTConfig(), runtime).loss` on {"sft": batch}.
     """
     from tunix.sft import peft_trainer
 
@@ -305,12 +305,13 @@ def run_tunix_sft(runtime: PolicyRuntime, params, batches: Sequence[dict], lr: f
 
 def run_project_sft(runtime: PolicyRuntime, params, batches: Sequence[dict], lr: float, *,
                     weight_decay: float = 0.0) -> list[float]:
-    """The project's side of `run_tunix_sft`: `make_loss_fn` + `make_train_step` with
+    """The project's side of `run_tunix_sft`: the loop's `make_train_step` of the SFT method with
     `optax.adamw(lr, weight_decay=weight_decay)`. Returns the per-step (pre-update) losses."""
-    from cts.train.loop import MethodSpec, make_loss_fn, make_train_step
+    from cts.methods.sft import SFTConfig, SFTMethod
+    from cts.train.loop import make_train_step
 
     optimizer = optax.adamw(lr, weight_decay=weight_decay)
-    step = make_train_step(make_loss_fn(runtime, MethodSpec(loss="sft"), None, None), optimizer)
+    step = make_train_step(SFTMethod(SFTConfig(), runtime), optimizer)
     state = {"policy": params}
     losses = []
     with jax.set_mesh(runtime.mesh):
@@ -344,7 +345,7 @@ def tunix_dpo_loss(runtime: PolicyRuntime, params, ref_params, batch: dict, *, b
       batch: the project's "dpo" batch (`_dpo_batch` in loop.py): 2n rows, chosen rows 0..n−1,
         rejected rows n..2n−1, row i and i+n with the same prompt; `tokens`, `segment_ids`,
         `loss_mask` [2n, T].
-      beta, label_smoothing: as `cts.losses.dpo.dpo_loss` (and `MethodSpec.beta`).
+      beta, label_smoothing: as `cts.losses.dpo.dpo_loss` (and `DPOConfig.beta`).
 
     Returns:
       (loss, aux): float32 scalar and Tunix's metrics (`rewards/chosen`, `rewards/rejected`,
