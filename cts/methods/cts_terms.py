@@ -16,7 +16,7 @@ from cts.losses.alignment import AlignmentConfig
 from cts.losses.cts_objective import CTSConfig
 from cts.methods import register_method
 from cts.methods.grpo import GRPOMethod, GRPOMethodConfig
-from cts.taxonomy import LABELS
+from cts.answer_format import LABELS
 from cts.train.cts_step import CriticConfig, setup_cts
 
 __all__ = ["CTSMethod", "CTSMethodConfig"]
