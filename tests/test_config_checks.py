@@ -62,8 +62,16 @@ def _snakemake(wd: Path, *args: str, timeout: int = 120) -> tuple[subprocess.Com
     return out, time.perf_counter() - t0
 
 
+# Every case reaches Snakemake through the same two calls (rules/common.smk: validate_config, then
+# check_consistency), and test_each_bad_config_fails_validation_naming_the_key checks every message
+# through them; `make test` runs one Snakemake case per call (plus the fairness check), `make
+# test-heavy` all of them (~2 CPU-s each).
+IN_MAKE_TEST = {"unknown key", "flip to an unknown kind", "unfair budget"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(BAD))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in IN_MAKE_TEST else pytest.mark.heavy)
+                                  for n in sorted(BAD)])
 def test_a_bad_config_stops_before_any_job_naming_the_key(name, tmp_path):
     override, expected = BAD[name]
     wd = _workdir(tmp_path)
