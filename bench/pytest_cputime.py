@@ -42,4 +42,5 @@ def pytest_terminal_summary(terminalreporter):
     for nodeid, wall, cpu in rows:
         terminalreporter.write_line(f"{cpu:8.1f} cpu {wall:8.1f} wall  {nodeid}")
     total = sum(r[2] for r in _rows)
-    terminalreporter.write_line(f"total {total:.1f} CPU-s, {sum(r[1] for r in _rows):.1f} wall-s over {len(_rows)} tests")
+    wall = sum(r[1] for r in _rows)
+    terminalreporter.write_line(f"total {total:.1f} CPU-s, {wall:.1f} wall-s over {len(_rows)} tests")

@@ -39,7 +39,7 @@ HEAVY_KINDS = {"balanced", "soft_dtw", "debiased_unbalanced"}
 def _params(names, fast):
     """Parametrize over kinds; kinds outside `fast` carry the slow marker (compile-heavy), those in
     HEAVY_KINDS the heavy one."""
-    return [n if n in fast else pytest.param(n, marks=pytest.mark.heavy if n in HEAVY_KINDS else pytest.mark.slow)
+    return [n if n in fast else pytest.param(n, marks=(pytest.mark.heavy if n in HEAVY_KINDS else pytest.mark.slow))
             for n in names]
 
 

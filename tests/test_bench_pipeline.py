@@ -36,10 +36,12 @@ def test_records_join_benchmark_files_and_the_scheduler_is_apart(tmp_path):
     bench("eval/eval_cell/synth_math/B2/seed0.tsv", 9.0, 8.0)  # no record: e.g. a killed job
     log = tmp_path / "joblog"
     log.mkdir()
-    for i, (rule, wc, cpu) in enumerate([("train_cell", {"task": "synth_math", "method": "B5-A2", "seed": "1"}, 27.5),
-                                         ("stats_table", {}, 3.5), ("(snakemake)", {}, 6.0)]):
-        (log / f"{i}.json").write_text(json.dumps({"rule": rule, "wildcards": wc, "wall_s": 31.0, "cpu_self_s": cpu - 0.5,
-                                                   "cpu_children_s": 0.5, "max_rss_mb": 512.0}))
+    records = [("train_cell", {"task": "synth_math", "method": "B5-A2", "seed": "1"}, 27.5),
+               ("stats_table", {}, 3.5), ("(snakemake)", {}, 6.0)]
+    for i, (rule, wc, cpu) in enumerate(records):
+        row = {"rule": rule, "wildcards": wc, "wall_s": 31.0, "cpu_self_s": cpu - 0.5, "cpu_children_s": 0.5,
+               "max_rss_mb": 512.0}
+        (log / f"{i}.json").write_text(json.dumps(row))
     rows, scheduler = bp.build_rows(tmp_path, log, bp.merged_config([TINY]))
     assert scheduler == 5.5
     got = {(r["rule"], r["job"]): (r["stage"], r["cpu_s"], r["bench_cpu_s"]) for r in rows}
