@@ -29,9 +29,18 @@ def x64():
     jax.config.update("jax_enable_x64", old)
 
 
+# Kinds no shipped config trains with, each a part of one that does (debiased = balanced terms;
+# soft_dtw_debiased = soft_dtw terms; tau < 1 is in no config): their compile-heavy checks run in
+# `make test-heavy`. `make test` checks the kinds configs use (sinkhorn debiased: the default; l2: A2;
+# soft_dtw debiased: A3) and the unbalanced solver (cheap).
+HEAVY_KINDS = {"balanced", "soft_dtw", "debiased_unbalanced"}
+
+
 def _params(names, fast):
-    """Parametrize over kinds; kinds outside `fast` carry the slow marker (compile-heavy)."""
-    return [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in names]
+    """Parametrize over kinds; kinds outside `fast` carry the slow marker (compile-heavy), those in
+    HEAVY_KINDS the heavy one."""
+    return [n if n in fast else pytest.param(n, marks=(pytest.mark.heavy if n in HEAVY_KINDS else pytest.mark.slow))
+            for n in names]
 
 
 def _pad(a, length, fill_rng=None):
@@ -115,7 +124,7 @@ def test_gradient_matches_finite_differences_float64(x64, name):
     _fd_check(f, args[0])
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # documents an upstream trap (why _unbalanced_ot exists), not our code: ~10 CPU-s
 def test_ott_default_unbalanced_gradient_is_wrong(x64):
     """The trap this module avoids: OTT 0.6's default gradient of the unbalanced cost is off."""
     rng = np.random.default_rng(0)

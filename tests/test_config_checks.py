@@ -1,13 +1,13 @@
 """Every bad config stops while Snakemake builds the DAG: before any job, in seconds, naming the key
 and the value (issue 11). Each case is a real `snakemake all` in an empty working directory; the
-message must name the key, no job may start (no results/, no logs/), and it must take < 10 s.
+message must name the key, no job may start (no results/, no logs/), and it must take < 10 CPU-s.
 Also: `1e-4` in YAML is a number, and `--directory` elsewhere gives the same cell configs."""
 
 import json
 import os
+import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -54,16 +54,31 @@ def _workdir(tmp_path: Path) -> Path:
     return wd
 
 
+def _cpu_children() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _snakemake(wd: Path, *args: str, timeout: int = 120) -> tuple[subprocess.CompletedProcess, float]:
-    t0 = time.perf_counter()
+    """The run and its CPU-seconds (Snakemake and its jobs: on an idle machine about its wall time,
+    and unlike wall time the same on a machine other jobs load)."""
+    c0 = _cpu_children()
     out = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", *args], cwd=wd,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
                          timeout=timeout)
-    return out, time.perf_counter() - t0
+    return out, _cpu_children() - c0
+
+
+# Every case reaches Snakemake through the same two calls (rules/common.smk: validate_config, then
+# check_consistency), and test_each_bad_config_fails_validation_naming_the_key checks every message
+# through them; `make test` runs one Snakemake case per call (plus the fairness check), `make
+# test-heavy` all of them (~2 CPU-s each).
+IN_MAKE_TEST = {"unknown key", "flip to an unknown kind", "unfair budget"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(BAD))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in IN_MAKE_TEST else pytest.mark.heavy)
+                                  for n in sorted(BAD)])
 def test_a_bad_config_stops_before_any_job_naming_the_key(name, tmp_path):
     override, expected = BAD[name]
     wd = _workdir(tmp_path)
@@ -74,7 +89,7 @@ def test_a_bad_config_stops_before_any_job_naming_the_key(name, tmp_path):
     assert expected in text, text[-3000:]
     assert "$schema" not in text and "properties:" not in text  # no schema dump
     assert not (wd / "results").exists() and not (wd / "logs").exists()  # no job started
-    assert seconds < 10, f"{name}: {seconds:.1f} s to the error"
+    assert seconds < 10, f"{name}: {seconds:.1f} CPU-s to the error"
     print(f"\n[{name}] {seconds:.1f} s: {[ln for ln in text.splitlines() if expected[:20] in ln][0].strip()}")
 
 

@@ -298,7 +298,52 @@ def test_gs_checkpoint_is_copied_once_into_the_cache(checkpoints, tmp_path, monk
         local_checkpoint_dir("gs://$CKPT_DIR")
 
 
-@pytest.mark.slow
+def _pipeline_config(path, hf) -> dict:
+    return {
+        "run_name": "hf_tiny", "tasks": ["gsm8k"], "methods": ["B3"], "ablations": [], "base_method": "B3",
+        "seeds": [0], "data": {"gsm8k": {"loader": "gsm8k", "source": "repo", "split": "test", "limit": 8}},
+        "splits": {"fractions": {"train": 0.5, "dev": 0.0, "test": 0.5}, "seed": 0},
+        "tokenizer": f"hf:{path}", "model": {**hf_tiny.model_block(hf), "max_len": 1024},  # the test BPE is coarse
+        "base_policy": {"pretrained": _spec(path, "qwen3"), "steps": 1, "batch_size": 2, "learning_rate": 1e-5,
+                        "warmup_steps": 0, "error_rate": 0.0, "seed": 0},
+        "rollouts": {"splits": ["train", "test"], "max_new_tokens": 8, "batch_size": 4},
+        "eval": {"split": "test", "n_samples": 1, "pass_k": [1], "temperature": 1.0, "max_new_tokens": 8,
+                 "batch_size": 4},
+        "resources": {"jax_threads": 1}}
+
+
+def test_tiny_qwen3_base_policy_and_a_later_job_in_process(checkpoints, tmp_path):
+    """The `make test` form of the pipeline test below (~1/4 of its CPU: no Snakemake, no process
+    starts): the stage functions its jobs call, in order, on the same config. train_base takes 1 SFT
+    step from the converted weights and records the checkpoint's digests; teacher_rollouts, as a later
+    job does, rebuilds the runtime from final.json's config alone (the hf: tokenizer included) and
+    samples every problem."""
+    from cts.stages.data import data_prepare
+    from cts.stages.data import data_split
+    from cts.tasks.schema import load_problems
+    from cts.stages.teacher import teacher_rollouts
+    from cts.stages.train import train_base
+    from cts.io import read_json, read_jsonl
+    path, hf, _ = checkpoints["qwen3"]
+    cfg = _pipeline_config(path, hf)
+    data_prepare("gsm8k", cfg["data"]["gsm8k"], str(tmp_path / "problems.jsonl"), log=lambda *_: None)
+    data_split(str(tmp_path / "problems.jsonl"), cfg["splits"], str(tmp_path / "splits"), log=lambda *_: None)
+    train_base("gsm8k", str(tmp_path / "splits/train.jsonl"), cfg["model"], cfg["tokenizer"],
+                      cfg["base_policy"], str(tmp_path / "ckpt"), str(tmp_path / "final.json"), log=lambda *_: None)
+    final = read_json(tmp_path / "final.json")
+    assert final["steps"] == 1 and final["pretrained"]["model"] == "qwen3-0.6b"
+    assert set(final["pretrained"]["safetensors_sha256"]) == {"model.safetensors"}
+    assert final["config"]["tokenizer"] == f"hf:{path}"
+    teacher_rollouts(str(tmp_path / "final.json"), {"test": str(tmp_path / "splits/test.jsonl")},
+                            cfg["rollouts"], str(tmp_path / "attempts.jsonl"), log=lambda *_: None)
+    test = load_problems(tmp_path / "splits/test.jsonl")
+    rows = read_jsonl(tmp_path / "attempts.jsonl")
+    # (a runtime with any other tokenizer has another vocabulary: final's parameters would not load)
+    assert [r["problem"]["id"] for r in rows] == [p.id for p in test] and test
+    assert all(isinstance(r["attempt"], str) for r in rows)
+
+
+@pytest.mark.heavy  # ~80 CPU-s (three JAX jobs); the in-process form above runs in `make test`
 def test_tiny_qwen3_checkpoint_through_the_pipeline(checkpoints, tmp_path):
     """train_base (1 SFT step from the converted weights) → teacher rollouts → base eval with
     `tokenizer: hf:<dir>`: every job rebuilds the runtime from final.json's config and loads the
@@ -310,17 +355,7 @@ def test_tiny_qwen3_checkpoint_through_the_pipeline(checkpoints, tmp_path):
     from cts.io import read_json, read_jsonl
 
     path, hf, _ = checkpoints["qwen3"]
-    config = {
-        "run_name": "hf_tiny", "tasks": ["gsm8k"], "methods": ["B3"], "ablations": [], "base_method": "B3",
-        "seeds": [0], "data": {"gsm8k": {"loader": "gsm8k", "source": "repo", "split": "test", "limit": 8}},
-        "splits": {"fractions": {"train": 0.5, "dev": 0.0, "test": 0.5}, "seed": 0},
-        "tokenizer": f"hf:{path}", "model": {**hf_tiny.model_block(hf), "max_len": 1024},  # the test BPE is coarse
-        "base_policy": {"pretrained": _spec(path, "qwen3"), "steps": 1, "batch_size": 2, "learning_rate": 1e-5,
-                        "warmup_steps": 0, "error_rate": 0.0, "seed": 0},
-        "rollouts": {"splits": ["train", "test"], "max_new_tokens": 8, "batch_size": 4},
-        "eval": {"split": "test", "n_samples": 1, "pass_k": [1], "temperature": 1.0, "max_new_tokens": 8,
-                 "batch_size": 4},
-        "resources": {"jax_threads": 1}}
+    config = _pipeline_config(path, hf)
     (tmp_path / "hf.yaml").write_text(yaml.safe_dump(config))
     for name in ("Snakefile", "rules", "scripts", "schemas", "workflow_config.yaml", "report"):
         os.symlink(REPO / name, tmp_path / name)

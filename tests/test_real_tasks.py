@@ -13,8 +13,51 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "tests" / "config_real" / "config.yaml"
 
 pytestmark = pytest.mark.slow
+TASKS = ("gsm8k", "mbpp")
 
 
+def _config() -> dict:
+    import yaml
+    from snakemake.utils import update_config
+
+    from cts.config import validate_config
+
+    cfg = yaml.safe_load((REPO / "workflow_config.yaml").read_text())
+    update_config(cfg, yaml.safe_load(CONFIG.read_text()))
+    return validate_config(cfg)
+
+
+def test_gsm8k_and_mbpp_reach_the_taxonomy_in_process(tmp_path):
+    """The `make test` form of the Snakemake run below (about a quarter of its CPU: one process, no
+    Snakemake): each rule's stage function, in the DAG's order, on the same config."""
+    from cts.stages.data import data_prepare
+    from cts.stages.data import data_split
+    from cts.stages.taxonomy import taxonomy_tag
+    from cts.stages.teacher import teacher_critique
+    from cts.stages.teacher import teacher_rollouts
+    from cts.stages.train import train_base
+
+    cfg, quiet = _config(), (lambda *_: None)
+    for task in TASKS:
+        r = tmp_path / "results"
+        data_prepare(task, cfg["data"][task], str(r / f"data/{task}/problems.jsonl"), log=quiet)
+        data_split(str(r / f"data/{task}/problems.jsonl"), cfg["splits"], str(r / f"splits/{task}"), log=quiet)
+        train_base(task, str(r / f"splits/{task}/train.jsonl"), cfg["model"], cfg["tokenizer"],
+                          cfg["base_policy"], str(tmp_path / "ckpt" / task), str(r / f"base/{task}/final.json"),
+                          log=quiet)
+        teacher_rollouts(str(r / f"base/{task}/final.json"),
+                                {s: str(r / f"splits/{task}/{s}.jsonl") for s in cfg["rollouts"]["splits"]},
+                                cfg["rollouts"], str(r / f"rollouts/{task}/attempts.jsonl"), log=quiet)
+        teacher_critique(str(r / f"rollouts/{task}/attempts.jsonl"), cfg["teacher"],
+                                str(r / f"teacher/{task}/quadruples.jsonl"), eval_split=cfg["eval"]["split"],
+                                out_skipped=str(r / f"teacher/{task}/skipped.json"), log=quiet)
+        taxonomy_tag(str(r / f"teacher/{task}/quadruples.jsonl"), str(r / f"rollouts/{task}/attempts.jsonl"),
+                            str(r / f"taxonomy/{task}/tagged.jsonl"), str(r / f"taxonomy/{task}/summary.json"),
+                            log=quiet)
+    _check_tagged(tmp_path)
+
+
+@pytest.mark.heavy  # ~120 CPU-s: four JAX jobs; the in-process form above runs in `make test`
 def test_gsm8k_and_mbpp_reach_the_taxonomy(tmp_path):
     for name in ("Snakefile", "rules", "scripts", "schemas", "workflow_config.yaml", "report"):
         os.symlink(REPO / name, tmp_path / name)
@@ -23,7 +66,11 @@ def test_gsm8k_and_mbpp_reach_the_taxonomy(tmp_path):
                          cwd=tmp_path, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    for task in ("gsm8k", "mbpp"):
+    _check_tagged(tmp_path)
+
+
+def _check_tagged(tmp_path: Path) -> None:
+    for task in TASKS:
         rows = read_jsonl(tmp_path / f"results/taxonomy/{task}/tagged.jsonl")
         problems = read_jsonl(tmp_path / f"results/data/{task}/problems.jsonl")
         assert len(problems) == 24
