@@ -28,11 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cts.distributed import assemble_global_batch, is_writer, map_once  # i18: multi-process
 from cts.io import atomic_write_jsonl
 from cts.losses.dpo import dpo_loss, sequence_logps
 from cts.losses.grpo import GRPOConfig, grpo_advantages, grpo_loss, token_advantages
 from cts.losses.sft import sft_loss
-from cts.model.policy import shard_batch, token_logprobs
+from cts.model.policy import token_logprobs
 from cts.tasks.schema import Problem, Quadruple
 from cts.train.batching import bucket_length, encode_prompt, make_batch
 from cts.train.checkpoint import CheckpointStore
@@ -243,7 +244,7 @@ def _grpo_batch(runtime, params, data: TrainData, spec: MethodSpec, loop: LoopCo
         params["policy"], prompts, key, max_new_tokens=loop.max_new_tokens, batch_size=len(prompts),
         temperature=loop.temperature, top_p=loop.top_p, return_ids=True)
     t_sample = time.perf_counter() - t0
-    verdicts = verify_many(list(zip(problems, completions)))
+    verdicts = map_once(verify_many, list(zip(problems, completions)))  # i18: each completion verified once
     rewards = grpo_rewards(spec, verdicts)
     flags = [None] * len(problems)
     quads = None
@@ -319,7 +320,8 @@ def _resume_metrics(path: str, start: int) -> list[dict]:
                     break  # the line a kill cut in half
                 if row.get("step", math.inf) < start:
                     rows.append(row)
-    atomic_write_jsonl(path, rows)
+    if is_writer():  # i18: process 0 writes files
+        atomic_write_jsonl(path, rows)
     return rows
 
 
@@ -355,7 +357,9 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, spec: MethodSpec, 
     replicated = jax.sharding.NamedSharding(runtime.mesh, jax.sharding.PartitionSpec())
 
     def commit(x):  # keep what is already laid out on the mesh (sharded weights); replicate the rest
-        return x if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding) else jax.device_put(x, replicated)
+        if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding):
+            return x
+        return jax.device_put(np.asarray(x), replicated)  # i18: host value → every process's devices
 
     params, opt_state = jax.tree.map(commit, (params, opt_state))
     rows = _resume_metrics(metrics_path, start)
@@ -371,7 +375,7 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, spec: MethodSpec, 
     schedule = make_schedule(loop)
     dead = _DeadRunMonitor(loop.dead_run_steps, math.log(runtime.model_cfg.vocab_size), nll=spec.loss == "sft")
     t_start = time.perf_counter()
-    with open(metrics_path, "a") as mlog:
+    with open(metrics_path if is_writer() else os.devnull, "a") as mlog:  # i18: process 0 writes files
         for step in range(start, loop.steps):
             t0 = time.perf_counter()
             rng = np.random.default_rng([loop.seed, step])
@@ -388,7 +392,8 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, spec: MethodSpec, 
                 batch["cts"] = make_cts_batch(rng, quads)
             # UPDATE
             # sharded runs split the batch over ("data", "fsdp"); the single-device path is unchanged
-            dev_batch = shard_batch(batch, runtime.mesh) if runtime.parallelism.sharded else _to_device(batch)
+            on_mesh = runtime.parallelism.sharded or jax.process_count() > 1  # i18: global batch from local rows
+            dev_batch = assemble_global_batch(batch, runtime.mesh) if on_mesh else _to_device(batch)
             params, opt_state, metrics = step_fn(params, opt_state, ref_params, dev_batch)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             _check_finite(metrics, step)
