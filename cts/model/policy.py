@@ -25,6 +25,7 @@ import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -381,7 +382,7 @@ def build_policy(cfg: ModelConfig, *, seed: int, batch_size: int, mode: str = "t
       `jax.set_mesh(mesh)`; callers should jit/run under the same mesh (otherwise the first
       training step recompiles).
     """
-    from maxtext.utils import maxtext_utils, maxtext_utils_nnx, model_creation_utils
+    from maxtext.utils import maxtext_utils, model_creation_utils
 
     par = Parallelism.coerce(parallelism)
     mt_cfg = maxtext_config(cfg, batch_size=batch_size, mode=mode, max_prefill_len=max_prefill_len,
@@ -396,10 +397,53 @@ def build_policy(cfg: ModelConfig, *, seed: int, batch_size: int, mode: str = "t
         with jax.set_mesh(mesh):
             return create_model(), mesh
     # The abstract model only supplies the per-variable NamedShardings (shapes and logical axes
-    # do not depend on the rng streams); the values come from create_model.
+    # do not depend on the rng streams); the values come from create_model, in one jit whose
+    # out_shardings put every variable where it belongs (no device holds the full model).
     _, abstract = model_creation_utils.create_nnx_abstract_model(mt_cfg, mesh=mesh, model_mode=mode)
-    model = maxtext_utils_nnx.create_nnx_sharded_model(abstract, create_model, mesh=mesh)
+    is_sds = lambda x: isinstance(x, jax.ShapeDtypeStruct)  # noqa: E731
+    by_path = {jax.tree_util.keystr(p): x.sharding
+               for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(abstract), is_leaf=is_sds)}
+    box = {}
+
+    def traced_state():
+        box["graphdef"], state = nnx.split(create_model())
+        return state
+
+    with jax.set_mesh(mesh):  # the real state also holds rng streams the abstract one lacks: replicated
+        full = jax.eval_shape(traced_state)
+    graphdef = box["graphdef"]
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shardings = jax.tree_util.tree_map_with_path(
+        lambda p, x: _fit_sharding(by_path.get(jax.tree_util.keystr(p), replicated), x.shape), full, is_leaf=is_sds)
+
+    # Not maxtext_utils_nnx.create_nnx_sharded_model: its with_sharding_constraint is replaced
+    # process-wide once Tunix's MaxText adapter is imported, and that shim fails on nnx.State trees.
+    @partial(jax.jit, out_shardings=shardings)
+    def create_sharded_state():
+        return nnx.state(create_model())
+
+    with jax.set_mesh(mesh):
+        model = nnx.merge(graphdef, create_sharded_state())
     return model, mesh
+
+
+def _fit_sharding(sharding, shape: tuple[int, ...]):
+    """`sharding` with every dimension that its mesh axes do not divide left unsplit. MaxText
+    creates some decode-cache variables with batch 1 before their first use; the logical rule
+    for the cache batch (SAMPLER_CACHE_RULES) cannot split a dimension of 1."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    if not isinstance(sharding, NamedSharding):
+        return sharding
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    for d, axes in enumerate(spec[:len(shape)]):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        ways = 1
+        for a in names:
+            ways *= sharding.mesh.shape[a]
+        if ways > 1 and shape[d] % ways:
+            spec[d] = None
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec[:len(shape)]))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> jax.sharding.NamedSharding:
