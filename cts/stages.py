@@ -185,7 +185,8 @@ def clean_checkpoints(ckpt_root: str, jobs: list[dict], log=print) -> None:
 
 
 def train_base(task: str, train_path: str, model_cfg: dict, tokenizer: str, base_cfg: dict,
-               ckpt_root: str, out_final: str, log=print, monitor: dict | None = None) -> None:
+               ckpt_root: str, out_final: str, log=print, monitor: dict | None = None,
+               parallelism: dict | None = None) -> None:
     """The shared base policy: SFT from a random init, or from pretrained weights
     (`base_cfg["pretrained"]`, cts.model.pretrained) for `steps` steps — 0 keeps them as they are.
     Either way final.json has the same form, so the rest of the DAG does not know the difference.
@@ -196,7 +197,8 @@ def train_base(task: str, train_path: str, model_cfg: dict, tokenizer: str, base
     log(f"state {digest[:16]} → {_project_path(ckpt_dir)}")
 
     problems = load_problems(train_path)
-    runtime = PolicyRuntime(model_cfg, tokenizer, seed=base_cfg["seed"], batch_size=base_cfg["batch_size"])
+    runtime = PolicyRuntime(model_cfg, tokenizer, seed=base_cfg["seed"], batch_size=base_cfg["batch_size"],
+                            parallelism=parallelism)  # i18: the mesh (layout only, not in the digest)
     init_params, extra = runtime.init_params, {}
     if base_cfg.get("pretrained"):
         from cts.model.pretrained import pretrained_params
@@ -236,7 +238,8 @@ def _runtime_from_final(final_path: str, batch_size: int):
     from cts.train.runtime import PolicyRuntime
 
     cfg = read_json(final_path)["config"]
-    runtime = PolicyRuntime(cfg["model"], cfg["tokenizer"], seed=0, batch_size=batch_size)
+    runtime = PolicyRuntime(cfg["model"], cfg["tokenizer"], seed=0, batch_size=batch_size,
+                            parallelism=cfg.get("parallelism"))  # i18: a cell's mesh for its eval too
     return runtime, load_final_params(runtime, final_path)
 
 
@@ -330,6 +333,7 @@ def taxonomy_tag(quadruples_path: str, attempts_path: str, out_tagged: str, out_
     `teacher_error_type` with the teacher's own tag where it is missing; every field the teacher
     wrote is kept as written. The summary counts the rule tags per split ("unlocalised" included).
     """
+    from cts.distributed import map_once  # i18
     from cts.taxonomy import diagnose
     from cts.verifiers.outcome import verify_many
 
@@ -417,6 +421,7 @@ def eval_cell(final_path: str, test_path: str, tagged_path: str, eval_cfg: dict,
     Problems the teacher skipped (teacher.on_invalid: skip) have no base attempt and are left out."""
     import jax
 
+    from cts.distributed import map_once  # i18
     from cts.taxonomy import diagnose
     from cts.verifiers.outcome import verify_many
 
@@ -437,8 +442,8 @@ def eval_cell(final_path: str, test_path: str, tagged_path: str, eval_cfg: dict,
     sampled = runtime.generate(params, [q for q in prompts for _ in range(n)], jax.random.key(10_000 + seed),
                                max_new_tokens=eval_cfg["max_new_tokens"], batch_size=batch,
                                temperature=eval_cfg["temperature"])
-    v_greedy = verify_many(list(zip(problems, greedy)))
-    v_sampled = verify_many(list(zip([p for p in problems for _ in range(n)], sampled)))
+    v_greedy = map_once(verify_many, list(zip(problems, greedy)))  # i18: each completion verified once
+    v_sampled = map_once(verify_many, list(zip([p for p in problems for _ in range(n)], sampled)))
     rows = []
     task = problems[0].task if problems else ""
     for i, (p, g, v) in enumerate(zip(problems, greedy, v_greedy)):
