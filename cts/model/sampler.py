@@ -395,3 +395,46 @@ def recompute_sample(model, params: nnx.State, prompts, rng: jax.Array, *, sampl
         out = _recompute_impl(*args, **kw)
     tok, ln, lp = (np.asarray(x)[:b] for x in out)
     return SampleOutput(tokens=tok, lengths=ln, logprobs=lp)
+
+
+# --------------------------------------------------------------------------------------------
+# Memory of the KV cache (abstract: no weights or caches are allocated)
+# --------------------------------------------------------------------------------------------
+
+
+def kv_cache_bytes(model_cfg: ModelConfig, *, batch_size: int, max_prompt_len: int, max_new_tokens: int,
+                   parallelism: Parallelism | dict | None = None) -> dict:
+    """Bytes of the sampler's KV cache, in total and on the most-loaded device, from shapes alone.
+
+    Builds the autoregressive MaxText model with `jax.eval_shape` (nnx abstract model: shapes,
+    dtypes and the NamedSharding of every variable, nothing allocated), keeps the nnx.Cache
+    variables, and applies the sampler's layout (batch over ('data', 'fsdp'), kv heads over
+    'tensor', cache dtype = ModelConfig.dtype). Runs on whatever devices JAX sees (tests use
+    simulated CPU devices to stand for a slice's chips).
+
+    Returns:
+      {"total": bytes, "per_device": bytes on the device holding the most, "dtype": cache dtype,
+       "shapes": {variable path: [shape, PartitionSpec as list]} of the big (K/V) caches}.
+    """
+    from maxtext.utils import maxtext_utils, model_creation_utils
+
+    from cts.model.policy import _fit_sharding, maxtext_config
+
+    P, N = max_prompt_len, max_new_tokens
+    ar_cfg = dataclasses.replace(model_cfg, max_len=P + N)
+    mt_cfg = maxtext_config(ar_cfg, batch_size=batch_size, mode="autoregressive", max_prefill_len=P,
+                            parallelism=parallelism)
+    mesh = maxtext_utils.get_mesh_from_config(mt_cfg)
+    _, abstract = model_creation_utils.create_nnx_abstract_model(mt_cfg, mesh=mesh, model_mode="autoregressive")
+    caches = nnx.state(abstract, nnx.Cache)
+    total, per_device, shapes, dtypes = 0, 0, {}, set()
+    for path, x in jax.tree_util.tree_leaves_with_path(caches, is_leaf=lambda v: isinstance(v, jax.ShapeDtypeStruct)):
+        sharding = _fit_sharding(x.sharding, x.shape)
+        shard = sharding.shard_shape(x.shape) if sharding is not None else x.shape
+        nbytes = int(np.prod(x.shape)) * x.dtype.itemsize
+        total += nbytes
+        per_device += int(np.prod(shard)) * x.dtype.itemsize
+        if x.ndim == 4:  # [batch, seq, kv heads, head dim] (axis order per MaxText): the K/V caches
+            shapes[jax.tree_util.keystr(path)] = [list(x.shape), [a for a in sharding.spec]]
+            dtypes.add(str(x.dtype))
+    return {"total": total, "per_device": per_device, "dtype": sorted(dtypes), "shapes": shapes}
