@@ -11,7 +11,8 @@ all 4. `python tests/test_multiprocess.py probe OUT_DIR` is the worker of the de
   * writes OUT_DIR/probe<k>.json (its own measurements; a test-only file, not a pipeline output).
 
 The parent compares both processes with each other and with a 1-process, 1-device build of the
-same seed computed in the pytest process itself. The heavy test (`slow`) runs a B3 cell
+same seed computed in the pytest process itself (marked `slow`: `make test` runs them). The
+`heavy` test (`make test-heavy`) runs a B3 cell
 (cts.stages.train_cell) on 2 processes, kills it after its step-2 checkpoint, restarts both
 processes, and compares with a 1-process 4-device run.
 """
@@ -158,6 +159,10 @@ def probe(tmp_path_factory):
     return out, [json.loads((out / f"probe{k}.json").read_text()) for k in range(2)]
 
 
+pytestmark_probe = pytest.mark.slow  # `make test` runs these (≈ 2-4 min on 2 shared cores)
+
+
+@pytestmark_probe
 def test_two_processes_share_one_four_device_mesh(probe):
     _, (p0, p1) = probe
     assert p0["process"] == [0, 2, 0, 2] and p1["process"] == [1, 2, 1, 2]
@@ -166,6 +171,7 @@ def test_two_processes_share_one_four_device_mesh(probe):
     assert p0["spans_other_process"] and "non-addressable" in p0["asarray_error"]
 
 
+@pytestmark_probe
 def test_digest_and_samples_are_global_and_equal_one_process(probe):
     _, (p0, p1) = probe
     ref = _reference()
@@ -177,6 +183,7 @@ def test_digest_and_samples_are_global_and_equal_one_process(probe):
     assert p0["digest_after_step"] == p1["digest_after_step"]
 
 
+@pytestmark_probe
 def test_each_process_uploads_only_its_rows_and_work_runs_once(probe):
     out, (p0, p1) = probe
     # fsdp=4 over [p0d0, p0d1, p1d0, p1d1]: process 0 holds rows 0..1, process 1 rows 2..3
@@ -196,7 +203,7 @@ CELL = {
     "method_config": {"loss": "grpo", "reward": "verifier", "verifier_weight": 0.5},
     "grpo": {"beta": 0.04, "epsilon_low": 0.2, "epsilon_high": 0.28, "kl_estimator": "k3",
              "loss_agg": "sequence-mean-token-mean"},
-    "train": {"steps": 4, "prompts_per_step": 2, "group_size": 2, "learning_rate": 3e-3,
+    "train": {"steps": 4, "prompts_per_step": 4, "group_size": 2, "learning_rate": 3e-3,
               "warmup_steps": 0, "weight_decay": 0.0, "grad_clip": 1.0, "max_new_tokens": 16,
               "temperature": 1.0, "top_p": 1.0, "checkpoint_every": 2},
 }
@@ -213,7 +220,7 @@ def _rows(path: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(x).items() if not k.startswith("time/")} for x in path.read_text().splitlines()]
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_b3_cell_two_processes_killed_resumed_equals_one_process(tmp_path):
     from cts import stages
 
