@@ -10,7 +10,8 @@ init, synthetic data, a private compilation cache) and exposes pure functions of
 Parallelism: `Parallelism(fsdp, tensor)` lays the weights out on a MaxText mesh (FSDP × tensor,
 the rest of the devices on the data axis) with the specs MaxText's logical axis rules give them,
 e.g. an MLP kernel [D, F] gets P('fsdp', 'tensor'); `shard_batch` puts a batch on the batch axes
-P(('data', 'fsdp'), ...). Sharded and unsharded builds hold the same weight values for the same
+P(('data', 'fsdp'), ...). With several processes (one per host of a slice; cts.distributed) the
+mesh spans every process's devices and the weights are always built on it, sharded or replicated. Sharded and unsharded builds hold the same weight values for the same
 seed (tests/test_sharded.py checks this and one full training step on 8 simulated devices).
 
 `hidden` is the FINAL, POST-NORM hidden state: the decoder returns the last layer's output
