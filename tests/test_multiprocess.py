@@ -12,7 +12,7 @@ all 4. `python tests/test_multiprocess.py probe OUT_DIR` is the worker of the de
 
 The parent compares both processes with each other and with a 1-process, 1-device build of the
 same seed computed in the pytest process itself (marked `slow`: `make test` runs them). The
-`heavy` test (`make test-heavy`) runs a B3 cell
+`heavy` tests (`make test-heavy`) run a B3 and a B5 cell
 (cts.stages.train_cell) on 2 processes, kills it after its step-2 checkpoint, restarts both
 processes, and compares with a 1-process 4-device run.
 """
@@ -209,11 +209,24 @@ CELL = {
 }
 
 
-def _cell_args(d: Path, name: str) -> list[str]:
+# B5 = B3 + the CTS terms (tests/config_tiny's values; cts_batch_size divisible by data×fsdp = 4)
+CTS = {"latent_dim": 8, "trajectory": "step", "eta": 0.5, "edit_steps": 1, "alpha_width": 1.0,
+       "energy_hidden": 16, "critique_embedding": "pooled", "lam_align": 0.1, "lam_decode": 0.1,
+       "lam_energy": 0.1, "energy_margin": 1.0, "energy_freeze": False, "online_critique": False,
+       "cts_batch_size": 4,
+       "critic": {"warmup_steps": 4, "learning_rate": 0.001, "dev_fraction": 0.2, "min_dev_pair_accuracy": 0.0,
+                  "fit_projection": True},
+       "alignment": {"kind": "sinkhorn", "epsilon": 0.1, "tau": 1.0, "debiased": True, "w_time": 1.0, "gamma": 0.1}}
+CELLS = {"B3": CELL,
+         "B5": {**CELL, "method": "B5", "cts": CTS,
+                "method_config": {"loss": "grpo", "reward": "verifier", "verifier_weight": 0.5, "cts": True}}}
+
+
+def _cell_args(d: Path, name: str, cell: dict = CELL) -> list[str]:
     code = ("import json, sys; from cts.stages import train_cell; "
             f"train_cell(json.loads(sys.argv[1]), '{d}/base.json', '{d}/splits/train.jsonl', "
             f"'{d}/tagged.jsonl', '{d}/bucket/{name}', '{d}/{name}.json', '{d}/{name}.metrics.jsonl')")
-    return ["-c", code, json.dumps(CELL)]
+    return ["-c", code, json.dumps(cell)]
 
 
 def _rows(path: Path) -> list[dict]:
@@ -221,10 +234,11 @@ def _rows(path: Path) -> list[dict]:
 
 
 @pytest.mark.heavy
-def test_b3_cell_two_processes_killed_resumed_equals_one_process(tmp_path):
+@pytest.mark.parametrize("method", ["B3", "B5"])
+def test_cell_two_processes_killed_resumed_equals_one_process(method, tmp_path):
     from cts import stages
 
-    d = tmp_path
+    d, cell = tmp_path, CELLS[method]
     stages.data_prepare("synth_math", {"loader": "synth_math", "n_problems": 20, "horizons": [2],
                                        "max_operand": 5, "seed": 3}, str(d / "problems.jsonl"))
     stages.data_split(str(d / "problems.jsonl"), {"fractions": {"train": 0.6, "dev": 0.1, "test": 0.3},
@@ -238,11 +252,11 @@ def test_b3_cell_two_processes_killed_resumed_equals_one_process(tmp_path):
     stages.taxonomy_tag(str(d / "quads.jsonl"), str(d / "attempts.jsonl"), str(d / "tagged.jsonl"),
                         str(d / "taxonomy.json"))
 
-    launch(_cell_args(d, "one"), n_proc=1, devices=4)  # the reference: 1 process × 4 devices
+    launch(_cell_args(d, "one", cell), n_proc=1, devices=4)  # the reference: 1 process × 4 devices
 
     # 2 processes × 2 devices; SIGKILL process 1 once the step-2 checkpoint is committed
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, *_cell_args(d, "two")], env=_env(2, k, 2, port), cwd=REPO,
+    procs = [subprocess.Popen([sys.executable, *_cell_args(d, "two", cell)], env=_env(2, k, 2, port), cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for k in range(2)]
     deadline = time.time() + 900
     while not list((d / "bucket/two").glob("*/2")) and procs[1].poll() is None and time.time() < deadline:
@@ -257,7 +271,7 @@ def test_b3_cell_two_processes_killed_resumed_equals_one_process(tmp_path):
         procs[0].wait()
     assert not (d / "two.json").exists()
 
-    outs = launch(_cell_args(d, "two"), n_proc=2, devices=2)  # restart both: resume from the bucket
+    outs = launch(_cell_args(d, "two", cell), n_proc=2, devices=2)  # restart both: resume from the bucket
     assert "resumed from checkpoint step 2" in outs[0]
     (live,) = (d / "bucket/two").glob("*/metrics.live.jsonl")
     assert len(live.read_text().splitlines()) == CELL["train"]["steps"]  # written once, not twice
@@ -272,7 +286,7 @@ def test_b3_cell_two_processes_killed_resumed_equals_one_process(tmp_path):
             worst = max(worst, abs(a[k] - b[k]) / max(abs(a[k]), 1e-12))
     f1, f2 = json.loads((d / "one.json").read_text()), json.loads((d / "two.json").read_text())
     assert f1["steps"] == f2["steps"] == CELL["train"]["steps"]
-    print(f"B3, 2 processes killed + resumed vs 1 process: worst relative metric difference {worst:.3g}; "
+    print(f"{method}, 2 processes killed + resumed vs 1 process: worst relative metric difference {worst:.3g}; "
           f"final params digest {'equal' if f1['params_sha256'] == f2['params_sha256'] else 'differs'}")
 
 
