@@ -218,7 +218,7 @@ CTS = {"latent_dim": 8, "trajectory": "step", "eta": 0.5, "edit_steps": 1, "alph
                   "fit_projection": True},
        "alignment": {"kind": "sinkhorn", "epsilon": 0.1, "tau": 1.0, "debiased": True, "w_time": 1.0, "gamma": 0.1}}
 CELLS = {"B3": CELL,
-         "B5": {**CELL, "method": "B5", "cts": CTS,
+         "B5": {**CELL, "method": "B5", "cts": CTS, "model": {**MODEL, "max_len": 256},  # critiques are long
                 "method_config": {"loss": "grpo", "reward": "verifier", "verifier_weight": 0.5, "cts": True}}}
 
 
@@ -243,7 +243,7 @@ def test_cell_two_processes_killed_resumed_equals_one_process(method, tmp_path):
                                        "max_operand": 5, "seed": 3}, str(d / "problems.jsonl"))
     stages.data_split(str(d / "problems.jsonl"), {"fractions": {"train": 0.6, "dev": 0.1, "test": 0.3},
                                                   "seed": 0}, str(d / "splits"))
-    stages.train_base("synth_math", str(d / "splits/train.jsonl"), CELL["model"], "char",
+    stages.train_base("synth_math", str(d / "splits/train.jsonl"), cell["model"], "char",
                       {"steps": 1, "batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 0,
                        "error_rate": 0.3, "seed": 0}, str(d / "bucket/base"), str(d / "base.json"))
     stages.teacher_rollouts(str(d / "base.json"), {"train": str(d / "splits/train.jsonl")},
