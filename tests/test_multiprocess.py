@@ -218,7 +218,7 @@ CTS = {"latent_dim": 8, "trajectory": "step", "eta": 0.5, "edit_steps": 1, "alph
                   "fit_projection": True},
        "alignment": {"kind": "sinkhorn", "epsilon": 0.1, "tau": 1.0, "debiased": True, "w_time": 1.0, "gamma": 0.1}}
 CELLS = {"B3": CELL,
-         "B5": {**CELL, "method": "B5", "cts": CTS, "model": {**MODEL, "max_len": 256},  # critiques are long
+         "B5": {**CELL, "method": "B5", "cts": CTS, "model": {**MODEL, "max_len": 512},  # decode contexts are long
                 "method_config": {"loss": "grpo", "reward": "verifier", "verifier_weight": 0.5, "cts": True}}}
 
 
