@@ -12,6 +12,7 @@ from cts.io import DataError
 from cts.tasks.schema import Problem
 from cts.taxonomy import diagnose
 from cts.verifiers.outcome import verify_many
+from cts.distributed import map_once
 
 __all__ = ["check_base_attempts", "score_completions", "without_skipped"]
 
@@ -47,8 +48,8 @@ def score_completions(problems: list[Problem], greedy: list[str], sampled: list[
         raise ValueError(f"{len(problems)} problems need {len(problems)} greedy and {len(problems) * n_samples} "
                          f"sampled completions, got {len(greedy)} and {len(sampled)}")
     check_base_attempts(problems, base, where)
-    v_greedy = verify_many(list(zip(problems, greedy)))
-    v_sampled = verify_many(list(zip([p for p in problems for _ in range(n_samples)], sampled)))
+    v_greedy = map_once(verify_many, list(zip(problems, greedy)))  # each completion verified once across processes
+    v_sampled = map_once(verify_many, list(zip([p for p in problems for _ in range(n_samples)], sampled)))
     task = problems[0].task if problems else ""
     rows = []
     for i, (p, g, v) in enumerate(zip(problems, greedy, v_greedy)):

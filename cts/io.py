@@ -3,6 +3,9 @@
 Every artifact the pipeline writes goes through `atomic_write*`: the bytes land in a temp
 file in the destination folder and are renamed over the target, so a killed job never
 leaves a half-written file that Snakemake (or a reader) could mistake for a finished one.
+
+One writer: when a job runs as several JAX processes (cts.distributed), only process 0's
+writes reach the file system; the others run the same code and write into os.devnull.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -18,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "DataError",
+    "is_writer_process",
     "atomic_open",
     "atomic_write_text",
     "atomic_write_json",
@@ -41,9 +46,22 @@ class ConfigError(ValueError):
     cts.model.pretrained) raises it without importing cts.config; cts.config re-exports it."""
 
 
+def is_writer_process() -> bool:
+    """False only in a multi-process JAX job on a process other than 0. Never imports JAX: a
+    process that has not loaded it (data, stats and report rules) is a single process."""
+    jax = sys.modules.get("jax")
+    if jax is None or not jax.distributed.is_initialized():
+        return True
+    return jax.process_index() == 0
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[Any]:
     """Open a temp file next to `path`; rename it over `path` only if the block succeeds."""
+    if not is_writer_process():  # another process of this job writes the file
+        with open(os.devnull, mode, **kwargs) as f:
+            yield f
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

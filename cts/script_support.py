@@ -32,6 +32,9 @@ def stage_logger(smk, jax_threads_cap: int | None = None):
 
     log(f"rule {smk.rule}: {n} thread(s)"
         + ("; third-party warnings off (CTS_THIRD_PARTY_LOGS=1 shows them)" if quiet else ""))
+    from cts.distributed import initialize
+
+    initialize(log)  # several hosts (a JobSet pod per host): jax.distributed before any device use
     return log
 
 

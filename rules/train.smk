@@ -14,6 +14,7 @@ rule train_base:
         model=config["model"],
         tokenizer=config["tokenizer"],
         base_policy=config["base_policy"],
+        parallelism=config.get("parallelism") or {},  # the mesh (issue 18): not part of the state digest
         # checkpoints under <root>/<state digest>/ (config + inputs, cts.train.checkpoint.state_dir):
         # a new config or new inputs never resume from another one's state
         ckpt_root=lambda w: f"{CKPT_ROOT}/{w.task}/base",

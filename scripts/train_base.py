@@ -5,4 +5,4 @@ from cts.stages.train import train_base
 
 p = snakemake.params
 train_base(snakemake.wildcards.task, snakemake.input.train, p.model, p.tokenizer, p.base_policy,
-           p.ckpt_root, snakemake.output[0], monitor=p.monitor, log=log)
+           p.ckpt_root, snakemake.output[0], monitor=p.monitor, log=log, parallelism=p.parallelism or None)

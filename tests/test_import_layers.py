@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # A module or package not listed here fails the test, so every new one gets a place on purpose.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # atomic I/O, errors, and the answer format (steps, `#### N` line, labels, decode template)
-    ("foundation", ("cts", "cts.io", "cts.answer_format")),  # "cts": the package's own __init__ only
+    ("foundation", ("cts", "cts.io", "cts.answer_format", "cts.distributed")),  # distributed: which process writes, map_once  # "cts": the package's own __init__ only
     # problem records, task loaders and generators, split assignment
     ("data", ("cts.tasks", "cts.splits")),
     # checking an answer: verifiers (math, code, sandbox) and the rule-based error tagger

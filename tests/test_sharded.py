@@ -97,6 +97,12 @@ def _worker(out_path: str) -> None:
         params = {"policy": rt.init_params}
         opt_state = optimizer.init(params)
         params, opt_state = jax.tree.map(commit, (params, opt_state))
+        dev0 = jax.devices()[0]
+
+        def bytes_on_dev0(tree):
+            return int(sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards if s.device == dev0))
+
+        out.setdefault("bytes_dev0", {})[name] = {"params": bytes_on_dev0(params), "opt_state": bytes_on_dev0(opt_state)}
         if name == "sharded":
             put = lambda b, rt=rt: shard_batch(b, rt.mesh)  # noqa: E731
         else:
@@ -183,6 +189,21 @@ def test_weights_really_sharded(measured):
 
 
 @pytest.mark.slow
+def test_per_device_bytes_fall_by_the_fsdp_factor(measured):
+    """Each weight's PartitionSpec, and one device's bytes of parameters and Adam state."""
+    layout = measured["layout_init"]
+    for key, r in sorted(layout.items()):
+        print(f"{key:70s} {str(r['shape']):16s} P{tuple(r['spec'])!s:24s} shard {r['shard_shape']}")
+    b = measured["bytes_dev0"]
+    print("bytes on device 0:", b)
+    expected = sum(int(np.prod(r["shard_shape"])) * 4 for r in layout.values())  # float32 weights
+    assert b["sharded"]["params"] == expected
+    assert b["unsharded"]["params"] == sum(int(np.prod(r["shape"])) * 4 for r in layout.values())
+    for what in ("params", "opt_state"):  # Adam's m and v follow the weights' layout
+        assert b["unsharded"][what] / b["sharded"][what] >= FSDP, (what, b)
+
+
+@pytest.mark.slow
 def test_batch_on_data_fsdp_axes(measured):
     assert measured["batch_sharding_ok"]
     assert measured["batch_shard_shape"] == [B // FSDP, MODEL["max_len"]]
@@ -218,8 +239,17 @@ def test_parallelism_validation_and_keys():
     assert Parallelism.coerce(None) == Parallelism() and not Parallelism().sharded
     assert Parallelism().maxtext_keys(8) == {}  # unsharded: MaxText's default mesh, untouched
     assert Parallelism.coerce({"fsdp": 4, "tensor": 2}).maxtext_keys(16) == {
-        "ici_data_parallelism": 2, "ici_fsdp_parallelism": 4, "ici_tensor_parallelism": 2}
-    with pytest.raises(ValueError, match="multiple of 8 devices, but JAX sees 4"):
+        "ici_data_parallelism": 2, "ici_fsdp_parallelism": 4, "ici_tensor_parallelism": 2,
+        "dcn_data_parallelism": 1, "dcn_fsdp_parallelism": 1, "num_slices": 1}
+    # 2 × v5e-16: FSDP over a slice's 16 chips, data across the 2 slices (DCN)
+    assert Parallelism.coerce({"fsdp": 16, "dcn_data": 2}).maxtext_keys(32) == {
+        "ici_data_parallelism": 1, "ici_fsdp_parallelism": 16, "ici_tensor_parallelism": 1,
+        "dcn_data_parallelism": 2, "dcn_fsdp_parallelism": 1, "num_slices": 2}
+    # several processes, unsharded: the mesh is spelled out (data over every device)
+    assert Parallelism().maxtext_keys(4, global_mesh=True)["ici_data_parallelism"] == 4
+    with pytest.raises(ValueError, match="multiple of 16 devices per slice, but JAX sees 8"):
+        Parallelism(fsdp=16, dcn_data=2).maxtext_keys(16)
+    with pytest.raises(ValueError, match="multiple of 8 devices per slice, but JAX sees 4"):
         Parallelism(fsdp=4, tensor=2).maxtext_keys(4)
     with pytest.raises(ValueError, match="Parallelism.tensor"):
         Parallelism(tensor=0)

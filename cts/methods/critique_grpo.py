@@ -38,6 +38,7 @@ from cts.methods.base import masked_logps
 from cts.methods.grpo import GRPOMethod, GRPOMethodConfig
 from cts.train.batching import make_batch
 from cts.verifiers.outcome import verify_many
+from cts.distributed import map_once
 
 __all__ = ["CritiqueGRPOConfig", "CritiqueGRPOMethod", "critique_grpo_loss", "mixed_group_advantages", "shaping"]
 
@@ -192,7 +193,7 @@ class CritiqueGRPOMethod(GRPOMethod):
         G, k = self.loop.group_size, self.config.refinements_per_group
         quads = r.critiques()
         failed = [i for i, v in enumerate(r.verdicts) if not v.correct]
-        verdicts = dict(zip(failed, verify_many([(r.problems[i], quads[i].revision) for i in failed])))
+        verdicts = dict(zip(failed, map_once(verify_many, [(r.problems[i], quads[i].revision) for i in failed])))
         prompts, revisions, rewards, present, chosen_correct = [], [], [], [], []
         for g in range(len(r.problems) // G):
             group = [i for i in failed if g * G <= i < (g + 1) * G]

@@ -25,6 +25,7 @@ from cts.model.policy import token_logprobs
 from cts.teachers.programmatic import critique
 from cts.train.batching import bucket_length, encode_prompt, make_batch
 from cts.verifiers.outcome import verify_many
+from cts.distributed import map_once
 
 __all__ = ["GRPOMethod", "GRPOMethodConfig", "Rollouts"]
 
@@ -127,7 +128,7 @@ class GRPOMethod(Method):
             params["policy"], [p.prompt for p in problems], key, max_new_tokens=loop.max_new_tokens,
             batch_size=len(problems), temperature=loop.temperature, top_p=loop.top_p, return_ids=True)
         sample_s = time.perf_counter() - t0
-        verdicts = verify_many(list(zip(problems, completions)))
+        verdicts = map_once(verify_many, list(zip(problems, completions)))  # each completion verified once across processes
         return Rollouts(problems, completions, ids, finished, verdicts, sample_s)
 
     def rewards(self, verdicts) -> np.ndarray:

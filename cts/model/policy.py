@@ -10,7 +10,8 @@ init, synthetic data, a private compilation cache) and exposes pure functions of
 Parallelism: `Parallelism(fsdp, tensor)` lays the weights out on a MaxText mesh (FSDP × tensor,
 the rest of the devices on the data axis) with the specs MaxText's logical axis rules give them,
 e.g. an MLP kernel [D, F] gets P('fsdp', 'tensor'); `shard_batch` puts a batch on the batch axes
-P(('data', 'fsdp'), ...). Sharded and unsharded builds hold the same weight values for the same
+P(('data', 'fsdp'), ...). With several processes (one per host of a slice; cts.distributed) the
+mesh spans every process's devices and the weights are always built on it, sharded or replicated. Sharded and unsharded builds hold the same weight values for the same
 seed (tests/test_sharded.py checks this and one full training step on 8 simulated devices).
 
 `hidden` is the FINAL, POST-NORM hidden state: the decoder returns the last layer's output
@@ -25,10 +26,13 @@ import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from cts.distributed import assemble_global_batch, batch_sharding, initialize  # batch_sharding: re-exported
 
 __all__ = [
     "ModelConfig",
@@ -50,6 +54,10 @@ _DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "minimal", "full")
 ROPE_TYPES = ("default", "llama3.1")  # MaxText names; see ModelConfig.remat_policy
 _MODES = ("train", "prefill", "autoregressive")
+# MaxText's base.yml replicates the KV cache's batch axis (cache_batch → no mesh axis), so every
+# chip of a data/fsdp mesh would hold the whole batch's cache. The sampler splits it like the
+# activations' batch; the kv-head axis already follows 'tensor' (cache_heads). See sampler.py.
+SAMPLER_CACHE_RULES = [["cache_batch", ["data", "fsdp"]], ["cache_batch_prefill", ["data", "fsdp"]]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,26 +173,44 @@ class ModelConfig:
 class Parallelism:
     """How the weights are laid out on the device mesh; each field maps onto one MaxText key.
 
-    fsdp   → ici_fsdp_parallelism (weights' embed axis and the batch are split fsdp ways)
-    tensor → ici_tensor_parallelism (heads / MLP / vocab axes split tensor ways)
+    fsdp     → ici_fsdp_parallelism (weights' embed axis and the batch are split fsdp ways)
+    tensor   → ici_tensor_parallelism (heads / MLP / vocab axes split tensor ways)
+    dcn_data → dcn_data_parallelism (multislice: whole slices hold replicas, batch split across them)
+    dcn_fsdp → dcn_fsdp_parallelism (multislice: weights also split across slices; slow links, rare)
 
-    The data axis (ici_data_parallelism) takes the remaining devices: data = devices / (fsdp·tensor).
-    fsdp = tensor = 1 (the default) is the unsharded build: MaxText's own default mesh, weights
-    replicated, exactly as before this option existed.
+    The ICI axes (fsdp, tensor and the data axis that takes the rest: data = chips per slice /
+    (fsdp·tensor)) live within a slice, whose chips may sit on several hosts — a v5e-16 is 4 hosts ×
+    4 chips, one process each, and its mesh spans all 16 chips (cts.distributed). The DCN axes span
+    slices: num_slices = dcn_data · dcn_fsdp. Examples:
+
+      v5e-16 (1 slice, 16 chips):        {fsdp: 16}            or {fsdp: 8, tensor: 2}
+      2 × v5e-16 (multislice, 32 chips): {fsdp: 16, dcn_data: 2}  (FSDP in a slice, data across)
+
+    fsdp = tensor = 1 in one process (the default) is the unsharded build: MaxText's own default
+    mesh, weights replicated, exactly as before this option existed. With several processes the
+    weights are always built on the global mesh (a process-local build could not be combined).
     """
 
     fsdp: int = 1
     tensor: int = 1
+    dcn_data: int = 1
+    dcn_fsdp: int = 1
+
+    _FIELDS = ("fsdp", "tensor", "dcn_data", "dcn_fsdp")
 
     def __post_init__(self) -> None:
-        for name in ("fsdp", "tensor"):
+        for name in self._FIELDS:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"Parallelism.{name} must be a positive int, got {v!r}")
 
     @property
     def sharded(self) -> bool:
-        return self.fsdp * self.tensor > 1
+        return self.fsdp * self.tensor * self.dcn_fsdp > 1
+
+    @property
+    def num_slices(self) -> int:
+        return self.dcn_data * self.dcn_fsdp
 
     @classmethod
     def coerce(cls, value: "Parallelism | dict | None") -> "Parallelism":
@@ -194,26 +220,35 @@ class Parallelism:
         if isinstance(value, cls):
             return value
         if isinstance(value, dict):
-            unknown = sorted(set(value) - {"fsdp", "tensor"})
+            unknown = sorted(set(value) - set(cls._FIELDS))
             if unknown:
-                raise ValueError(f"parallelism: unknown keys {unknown}; expected fsdp, tensor")
+                raise ValueError(f"parallelism: unknown keys {unknown}; expected {', '.join(cls._FIELDS)}")
             return cls(**value)
         raise TypeError(f"parallelism must be a Parallelism, a dict or None, got {type(value).__name__}")
 
-    def maxtext_keys(self, n_devices: int) -> dict:
-        """The ici_* keys for `n_devices` devices ({} when unsharded: keep MaxText's defaults)."""
-        if not self.sharded:
+    def maxtext_keys(self, n_devices: int, *, global_mesh: bool = False) -> dict:
+        """The ici_*/dcn_* keys for `n_devices` devices in all ({} when unsharded in one process:
+        keep MaxText's defaults). global_mesh: spell the mesh out even when unsharded (several
+        processes: data = every device, weights replicated)."""
+        if not (self.sharded or self.num_slices > 1 or global_mesh):
             return {}
+        if n_devices % self.num_slices:
+            raise ValueError(f"Parallelism(dcn_data={self.dcn_data}, dcn_fsdp={self.dcn_fsdp}) needs a multiple "
+                             f"of {self.num_slices} devices, but JAX sees {n_devices}")
+        per_slice = n_devices // self.num_slices
         model_ways = self.fsdp * self.tensor
-        if n_devices % model_ways:
+        if per_slice % model_ways:
             raise ValueError(
                 f"Parallelism(fsdp={self.fsdp}, tensor={self.tensor}) needs a multiple of {model_ways} "
-                f"devices, but JAX sees {n_devices}"
+                f"devices per slice, but JAX sees {per_slice} ({n_devices} devices / {self.num_slices} slices)"
             )
         return {
-            "ici_data_parallelism": n_devices // model_ways,
+            "ici_data_parallelism": per_slice // model_ways,
             "ici_fsdp_parallelism": self.fsdp,
             "ici_tensor_parallelism": self.tensor,
+            "dcn_data_parallelism": self.dcn_data,
+            "dcn_fsdp_parallelism": self.dcn_fsdp,
+            "num_slices": self.num_slices,
         }
 
     def to_dict(self) -> dict:
@@ -267,8 +302,9 @@ def maxtext_config(
         raise ValueError(f"maxtext_config: mode must be one of {_MODES}, got {mode!r}")
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"maxtext_config: batch_size must be a positive int, got {batch_size!r}")
-    n_dev = jax.device_count()
-    mesh_keys = Parallelism.coerce(parallelism).maxtext_keys(n_dev)
+    procs = initialize()  # jax.distributed first, when the environment names several processes
+    n_dev = jax.device_count()  # every process's devices: the mesh spans them all
+    mesh_keys = Parallelism.coerce(parallelism).maxtext_keys(n_dev, global_mesh=procs.multi_process)
     if batch_size % n_dev:
         raise ValueError(f"maxtext_config: batch_size={batch_size} is not divisible by {n_dev} devices")
     if mode == "train":
@@ -282,6 +318,8 @@ def maxtext_config(
     # Only a tied head needs a key beyond the defaults: MaxText's base.yml would divide tied
     # logits by sqrt(D) (normalize_embedding_logits), which llama-family models do not do.
     head_keys = {"logits_via_embedding": True, "normalize_embedding_logits": False} if cfg.tied_embeddings else {}
+    if mode != "train":
+        head_keys["logical_axis_rules"] = SAMPLER_CACHE_RULES
     if run_dir is None:
         run_dir = tempfile.mkdtemp(prefix="cts-maxtext-")
     os.makedirs(run_dir, exist_ok=True)
@@ -293,7 +331,9 @@ def maxtext_config(
         jax_cache_dir=compile_cache,
         hardware=_hardware(),
         enable_checkpointing=False,
-        skip_jax_distributed_system=True,
+        # initialize() above already ran jax.distributed when several processes run this job;
+        # MaxText's own init would find it initialised. One process: nothing to initialise.
+        skip_jax_distributed_system=not procs.multi_process,
         dataset_type="synthetic",
         decoder_block=cfg.decoder_block,
         base_emb_dim=cfg.emb_dim,
@@ -343,7 +383,7 @@ def build_policy(cfg: ModelConfig, *, seed: int, batch_size: int, mode: str = "t
       `jax.set_mesh(mesh)`; callers should jit/run under the same mesh (otherwise the first
       training step recompiles).
     """
-    from maxtext.utils import maxtext_utils, maxtext_utils_nnx, model_creation_utils
+    from maxtext.utils import maxtext_utils, model_creation_utils
 
     par = Parallelism.coerce(parallelism)
     mt_cfg = maxtext_config(cfg, batch_size=batch_size, mode=mode, max_prefill_len=max_prefill_len,
@@ -354,49 +394,72 @@ def build_policy(cfg: ModelConfig, *, seed: int, batch_size: int, mode: str = "t
         rngs = nnx.Rngs(params=seed, dropout=seed + 1, aqt=seed + 2)
         return model_creation_utils.from_config(mt_cfg, mesh=mesh, model_mode=mode, rngs=rngs)
 
-    if not par.sharded:
+    if not par.sharded and jax.process_count() == 1:
         with jax.set_mesh(mesh):
             return create_model(), mesh
     # The abstract model only supplies the per-variable NamedShardings (shapes and logical axes
-    # do not depend on the rng streams); the values come from create_model.
+    # do not depend on the rng streams); the values come from create_model, in one jit whose
+    # out_shardings put every variable where it belongs (no device holds the full model).
     _, abstract = model_creation_utils.create_nnx_abstract_model(mt_cfg, mesh=mesh, model_mode=mode)
-    model = maxtext_utils_nnx.create_nnx_sharded_model(abstract, create_model, mesh=mesh)
+    is_sds = lambda x: isinstance(x, jax.ShapeDtypeStruct)  # noqa: E731
+    by_path = {jax.tree_util.keystr(p): x.sharding
+               for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(abstract), is_leaf=is_sds)}
+    box = {}
+
+    def traced_state():
+        box["graphdef"], state = nnx.split(create_model())
+        return state
+
+    with jax.set_mesh(mesh):  # the real state also holds rng streams the abstract one lacks: replicated
+        full = jax.eval_shape(traced_state)
+    graphdef = box["graphdef"]
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shardings = jax.tree_util.tree_map_with_path(
+        lambda p, x: _fit_sharding(by_path.get(jax.tree_util.keystr(p), replicated), x.shape), full, is_leaf=is_sds)
+
+    # Not maxtext_utils_nnx.create_nnx_sharded_model: its with_sharding_constraint is replaced
+    # process-wide once Tunix's MaxText adapter is imported, and that shim fails on nnx.State trees.
+    @partial(jax.jit, out_shardings=shardings)
+    def create_sharded_state():
+        return nnx.state(create_model())
+
+    with jax.set_mesh(mesh):
+        model = nnx.merge(graphdef, create_sharded_state())
     return model, mesh
 
 
-def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> jax.sharding.NamedSharding:
-    """Sharding of a batch array of rank `ndim`: leading (batch) axis over ('data', 'fsdp'),
-    the rest replicated — MaxText's `activation_batch` rule, so the model's own sharding
-    constraints find the activations already where they want them. Rank 0 → replicated."""
+def _fit_sharding(sharding, shape: tuple[int, ...]):
+    """`sharding` with every dimension that its mesh axes do not divide left unsplit. MaxText
+    creates some decode-cache variables with batch 1 before their first use; the logical rule
+    for the cache batch (SAMPLER_CACHE_RULES) cannot split a dimension of 1."""
     from jax.sharding import NamedSharding, PartitionSpec
 
-    if ndim == 0:
-        return NamedSharding(mesh, PartitionSpec())
-    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+    if not isinstance(sharding, NamedSharding):
+        return sharding
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    for d, axes in enumerate(spec[:len(shape)]):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        ways = 1
+        for a in names:
+            ways *= sharding.mesh.shape[a]
+        if ways > 1 and shape[d] % ways:
+            spec[d] = None
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec[:len(shape)]))
 
 
 def shard_batch(batch, mesh: jax.sharding.Mesh):
     """Put every array of a (nested) batch on `mesh` with `batch_sharding`.
 
     Args:
-      batch: pytree of arrays [B, ...] (numpy or jax); B must be divisible by data·fsdp.
+      batch: pytree of arrays [B, ...] (numpy or jax), the same on every process; B must be
+        divisible by data·fsdp.
       mesh: the policy's mesh (`PolicyRuntime.mesh`).
 
     Returns:
-      the same pytree of jax.Arrays, committed to the mesh.
+      the same pytree of jax.Arrays, committed to the mesh; each process uploads only the rows its
+      own devices hold (cts.distributed.assemble_global_batch).
     """
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
-
-    def put(path, x):
-        x = jnp.asarray(x)
-        if x.ndim and x.shape[0] % ways:
-            raise ValueError(
-                f"shard_batch: {jax.tree_util.keystr(path)} has batch size {x.shape[0]}, "
-                f"not divisible by data×fsdp = {ways}"
-            )
-        return jax.device_put(x, batch_sharding(mesh, x.ndim))
-
-    return jax.tree_util.tree_map_with_path(put, batch)
+    return assemble_global_batch(batch, mesh)
 
 
 def output_head_weight(model) -> jax.Array:

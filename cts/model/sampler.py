@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cts.model.policy import ModelConfig, build_policy, forward
+from cts.distributed import assemble_global_batch, host_copy
+from cts.model.policy import ModelConfig, Parallelism, build_policy, forward
 
 __all__ = ["SamplingConfig", "SampleOutput", "Sampler", "recompute_sample", "prepare_prompts", "top_p_mask"]
 
@@ -205,7 +206,11 @@ class Sampler:
     """
 
     def __init__(self, model_cfg: ModelConfig, sampling: SamplingConfig, *, batch_size: int, eos_id: int,
-                 pad_id: int, run_dir: str | None = None):
+                 pad_id: int, run_dir: str | None = None, parallelism: Parallelism | dict | None = None):
+        """parallelism: the TRAINING mesh's layout (PolicyRuntime passes its own), so the sampler
+        reads the training weights where they lie; its KV cache is split along the batch over
+        ('data', 'fsdp') and along the kv heads over 'tensor' (policy.SAMPLER_CACHE_RULES), in the
+        model's activation dtype (ModelConfig.dtype: bfloat16 halves it)."""
         for name, v in (("eos_id", eos_id), ("pad_id", pad_id)):
             if not 0 <= v < model_cfg.vocab_size:
                 raise ValueError(f"Sampler: {name}={v} outside [0, vocab_size={model_cfg.vocab_size})")
@@ -217,17 +222,20 @@ class Sampler:
         P, N = sampling.max_prompt_len, sampling.max_new_tokens
         ar_cfg = dataclasses.replace(model_cfg, max_len=P + N)  # decode cache T − P = N: never wraps
         model, self.mesh = build_policy(ar_cfg, seed=0, batch_size=batch_size, mode="autoregressive",
-                                        max_prefill_len=P, run_dir=run_dir)
+                                        max_prefill_len=P, run_dir=run_dir, parallelism=parallelism)
         self._graphdef, params, cache, self._rest = nnx.split(model, nnx.Param, nnx.Cache, ...)
         self._param_struct = jax.tree.structure(params)
         # The cache grows its batch axis on first use (MaxText builds some caches with batch 1), so
-        # the loop-carried shapes are those after one prefill + one decode step; fresh = zeros.
+        # the loop-carried shapes are those after one prefill + one decode step. Only the SHAPES are
+        # kept: each generation creates its zero cache inside the jitted call, so no cache outlives
+        # a call (a paper-size cache is GBs per chip) and XLA lays it out with the model's sharding.
         with jax.set_mesh(self.mesh):
-            shapes = jax.eval_shape(
+            self.cache_shapes = jax.eval_shape(
                 self._prefill_and_one_step,
-                params, cache, jnp.zeros((batch_size, P), jnp.int32), jnp.ones((batch_size,), jnp.int32),
+                params, cache, jax.ShapeDtypeStruct((batch_size, P), jnp.int32),
+                jax.ShapeDtypeStruct((batch_size,), jnp.int32),
             )
-        self._fresh_cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        del model, params, cache  # the autoregressive model's own random weights are never used
         self._generate = jax.jit(self._generate_impl)
 
     # -- pure pieces ------------------------------------------------------------------------
@@ -257,9 +265,10 @@ class Sampler:
         _, cache = self._decode_step(params, cache, jnp.argmax(last, -1).astype(jnp.int32), lengths)
         return cache
 
-    def _generate_impl(self, params, cache, prompt, lengths, active, rng, temperature, top_p, greedy):
+    def _generate_impl(self, params, prompt, lengths, active, rng, temperature, top_p, greedy):
         """prompt [B, P], lengths [B], active bool [B] (False on filler rows) → tokens, lengths, log-probs."""
         B, N = prompt.shape[0], self.sampling.max_new_tokens
+        cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.cache_shapes)  # fresh every call
         # PREFILL → token 0
         last, cache = self._prefill(params, cache, prompt, lengths)
         tok, lp = _choose_tokens(last, jax.random.fold_in(rng, 0), temperature, top_p, greedy)
@@ -310,10 +319,12 @@ class Sampler:
         tokens, lengths, b = prepare_prompts(prompts, batch_size=self.batch_size, max_prompt_len=s.max_prompt_len,
                                              pad_id=self.pad_id, vocab_size=self.model_cfg.vocab_size)
         with jax.set_mesh(self.mesh):
-            active = jnp.arange(self.batch_size) < b
-            out = self._generate(params, self._fresh_cache, jnp.asarray(tokens), jnp.asarray(lengths), active, rng,
+            # the prompt block is the same on every process: each uploads only its devices' rows
+            active = np.arange(self.batch_size) < b
+            prompt_dev, lengths_dev, active_dev = assemble_global_batch((tokens, lengths, active), self.mesh)
+            out = self._generate(params, prompt_dev, lengths_dev, active_dev, rng,
                                  jnp.float32(temperature), jnp.float32(top_p), jnp.bool_(greedy))
-        tok, ln, lp = (np.asarray(x)[:b] for x in out)
+        tok, ln, lp = (host_copy(x)[:b] for x in out)  # small [B, N] results, gathered across hosts
         return SampleOutput(tokens=tok, lengths=ln, logprobs=lp)
 
 
@@ -384,3 +395,46 @@ def recompute_sample(model, params: nnx.State, prompts, rng: jax.Array, *, sampl
         out = _recompute_impl(*args, **kw)
     tok, ln, lp = (np.asarray(x)[:b] for x in out)
     return SampleOutput(tokens=tok, lengths=ln, logprobs=lp)
+
+
+# --------------------------------------------------------------------------------------------
+# Memory of the KV cache (abstract: no weights or caches are allocated)
+# --------------------------------------------------------------------------------------------
+
+
+def kv_cache_bytes(model_cfg: ModelConfig, *, batch_size: int, max_prompt_len: int, max_new_tokens: int,
+                   parallelism: Parallelism | dict | None = None) -> dict:
+    """Bytes of the sampler's KV cache, in total and on the most-loaded device, from shapes alone.
+
+    Builds the autoregressive MaxText model with `jax.eval_shape` (nnx abstract model: shapes,
+    dtypes and the NamedSharding of every variable, nothing allocated), keeps the nnx.Cache
+    variables, and applies the sampler's layout (batch over ('data', 'fsdp'), kv heads over
+    'tensor', cache dtype = ModelConfig.dtype). Runs on whatever devices JAX sees (tests use
+    simulated CPU devices to stand for a slice's chips).
+
+    Returns:
+      {"total": bytes, "per_device": bytes on the device holding the most, "dtype": cache dtype,
+       "shapes": {variable path: [shape, PartitionSpec as list]} of the big (K/V) caches}.
+    """
+    from maxtext.utils import maxtext_utils, model_creation_utils
+
+    from cts.model.policy import _fit_sharding, maxtext_config
+
+    P, N = max_prompt_len, max_new_tokens
+    ar_cfg = dataclasses.replace(model_cfg, max_len=P + N)
+    mt_cfg = maxtext_config(ar_cfg, batch_size=batch_size, mode="autoregressive", max_prefill_len=P,
+                            parallelism=parallelism)
+    mesh = maxtext_utils.get_mesh_from_config(mt_cfg)
+    _, abstract = model_creation_utils.create_nnx_abstract_model(mt_cfg, mesh=mesh, model_mode="autoregressive")
+    caches = nnx.state(abstract, nnx.Cache)
+    total, per_device, shapes, dtypes = 0, 0, {}, set()
+    for path, x in jax.tree_util.tree_leaves_with_path(caches, is_leaf=lambda v: isinstance(v, jax.ShapeDtypeStruct)):
+        sharding = _fit_sharding(x.sharding, x.shape)
+        shard = sharding.shard_shape(x.shape) if sharding is not None else x.shape
+        nbytes = int(np.prod(x.shape)) * x.dtype.itemsize
+        total += nbytes
+        per_device += int(np.prod(shard)) * x.dtype.itemsize
+        if x.ndim == 4:  # [batch, seq, kv heads, head dim] (axis order per MaxText): the K/V caches
+            shapes[jax.tree_util.keystr(path)] = [list(x.shape), [a for a in sharding.spec]]
+            dtypes.add(str(x.dtype))
+    return {"total": total, "per_device": per_device, "dtype": sorted(dtypes), "shapes": shapes}

@@ -8,6 +8,7 @@ from cts.io import DataError, atomic_write_json, atomic_write_jsonl, read_jsonl
 from cts.tasks.schema import Problem
 from cts.taxonomy import diagnose
 from cts.verifiers.outcome import verify_many
+from cts.distributed import map_once
 
 __all__ = ["taxonomy_tag"]
 
@@ -27,7 +28,7 @@ def taxonomy_tag(quadruples_path: str, attempts_path: str, out_tagged: str, out_
         if r["problem_id"] not in problems:
             raise DataError(f"{quadruples_path}:{i + 1}: problem_id {r['problem_id']!r} not in {attempts_path}")
         items.append((problems[r["problem_id"]], r["attempt"]))
-    verdicts = verify_many(items)
+    verdicts = map_once(verify_many, items)
     out, counts = [], Counter()
     for r, (p, a), v in zip(qrows, items, verdicts):
         d = diagnose(p, a, v.code_verdict)

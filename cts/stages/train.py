@@ -23,7 +23,8 @@ __all__ = ["clean_checkpoints", "train_base", "train_cell", "train_fingerprint"]
 
 
 def train_base(task: str, train_path: str, model_cfg: dict, tokenizer: str, base_cfg: dict,
-               ckpt_root: str, out_final: str, log=print, monitor: dict | None = None) -> None:
+               ckpt_root: str, out_final: str, log=print, monitor: dict | None = None,
+               parallelism: dict | None = None) -> None:
     """The shared base policy: SFT from a random init, or from pretrained weights
     (`base_cfg["pretrained"]`, cts.model.pretrained) for `steps` steps — 0 keeps them as they are.
     Either way final.json has the same form, so the rest of the DAG does not know the difference.
@@ -32,7 +33,8 @@ def train_base(task: str, train_path: str, model_cfg: dict, tokenizer: str, base
     log(f"state {digest[:16]} → {project_path(ckpt_dir)}")
 
     problems = load_problems(train_path)
-    runtime = PolicyRuntime(model_cfg, tokenizer, seed=base_cfg["seed"], batch_size=base_cfg["batch_size"])
+    runtime = PolicyRuntime(model_cfg, tokenizer, seed=base_cfg["seed"], batch_size=base_cfg["batch_size"],
+                            parallelism=parallelism)  # the mesh: layout only, not in the state digest
     init_params, extra = runtime.init_params, {}
     if base_cfg.get("pretrained"):
         init_params, provenance = pretrained_params(base_cfg["pretrained"], runtime, log=log)

@@ -93,5 +93,6 @@ def load_final_params(runtime: PolicyRuntime, final_path: str):
 def runtime_from_final(final_path: str, batch_size: int) -> tuple[PolicyRuntime, object]:
     """(runtime, params) of the policy a final.json describes (its model and tokenizer config)."""
     cfg = read_json(final_path)["config"]
-    runtime = PolicyRuntime(cfg["model"], cfg["tokenizer"], seed=0, batch_size=batch_size)
+    runtime = PolicyRuntime(cfg["model"], cfg["tokenizer"], seed=0, batch_size=batch_size,
+                            parallelism=cfg.get("parallelism"))  # a cell's mesh for its eval too (issue 18)
     return runtime, load_final_params(runtime, final_path)

@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cts.distributed import assemble_global_batch, is_writer, map_once  # i18: multi-process
 from cts.io import atomic_write_jsonl
 from cts.methods.base import Method, TrainData
-from cts.model.policy import shard_batch
 from cts.train.checkpoint import CheckpointStore
 from cts.train.runtime import PolicyRuntime
 
@@ -184,7 +184,8 @@ def _resume_metrics(path: str, start: int) -> list[dict]:
                     break  # the line a kill cut in half
                 if row.get("step", math.inf) < start:
                     rows.append(row)
-    atomic_write_jsonl(path, rows)
+    if is_writer():  # i18: process 0 writes files
+        atomic_write_jsonl(path, rows)
     return rows
 
 
@@ -214,7 +215,9 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, method: Method, da
     replicated = jax.sharding.NamedSharding(runtime.mesh, jax.sharding.PartitionSpec())
 
     def commit(x):  # keep what is already laid out on the mesh (sharded weights); replicate the rest
-        return x if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding) else jax.device_put(x, replicated)
+        if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding):
+            return x
+        return jax.device_put(np.asarray(x), replicated)  # i18: host value → every process's devices
 
     params, opt_state = jax.tree.map(commit, (params, opt_state))
     rows = _resume_metrics(metrics_path, start)
@@ -222,7 +225,7 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, method: Method, da
     schedule = make_schedule(loop, mu)
     dead = _DeadRunMonitor(loop.dead_run_steps, math.log(runtime.model_cfg.vocab_size), nll=method.nll)
     t_start = time.perf_counter()
-    with open(metrics_path, "a") as mlog:
+    with open(metrics_path if is_writer() else os.devnull, "a") as mlog:  # i18: process 0 writes files
         for step in range(start, loop.steps):
             t0 = time.perf_counter()
             rng = np.random.default_rng([loop.seed, step])
@@ -230,7 +233,8 @@ def train(*, runtime: PolicyRuntime, init_params, ref_params, method: Method, da
             # BUILD THE BATCH
             batch, host = method.build_batch(params, rng, key)
             # sharded runs split the batch over ("data", "fsdp"); the single-device path is unchanged
-            dev_batch = shard_batch(batch, runtime.mesh) if runtime.parallelism.sharded else _to_device(batch)
+            on_mesh = runtime.parallelism.sharded or jax.process_count() > 1  # i18: global batch from local rows
+            dev_batch = assemble_global_batch(batch, runtime.mesh) if on_mesh else _to_device(batch)
             # UPDATE: μ optimizer updates on this batch (the metrics are the last one's)
             for _ in range(mu):
                 params, opt_state, metrics = step_fn(params, opt_state, ref_params, dev_batch)

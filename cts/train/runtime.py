@@ -97,7 +97,8 @@ class PolicyRuntime:
             cfg = dataclasses.replace(self.model_cfg, max_len=max_prompt_len + max_new_tokens)
             self._samplers[key] = Sampler(
                 cfg, SamplingConfig(max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens),
-                batch_size=batch_size, eos_id=self.tok.eos_id, pad_id=self.tok.pad_id)
+                batch_size=batch_size, eos_id=self.tok.eos_id, pad_id=self.tok.pad_id,
+                parallelism=self.parallelism)  # the training mesh: weights read where they lie
         return self._samplers[key]
 
     def decode_lenient(self, ids: list[int]) -> str:
@@ -133,7 +134,7 @@ class PolicyRuntime:
             chunk = encoded[i:i + batch_size]
             rng, key = jax.random.split(rng)
             res = sampler(params, chunk, key, greedy=greedy, temperature=temperature, top_p=top_p)
-            for row, n in zip(np.asarray(res.tokens)[:len(chunk)], np.asarray(res.lengths)[:len(chunk)]):
+            for row, n in zip(res.tokens[:len(chunk)], res.lengths[:len(chunk)]):  # host numpy already
                 ids = [int(t) for t in row[:n]]
                 done = bool(ids) and ids[-1] == self.tok.eos_id
                 ids = ids[:-1] if done else ids
