@@ -76,6 +76,26 @@ def test_mismatched_pretrained_configs_name_the_key(mutate, match):
         check_consistency(config)
 
 
+def test_b5_critic_gate_can_pass_on_this_configs_train_split():
+    """B5 refuses to start when its critic's held-out pair accuracy is below the gate, and an
+    empty held-out set counts as below: with 3 train problems none is held out, so the config must
+    switch the gate off or the matrix stops at B5 (it did, before the config said so)."""
+    from cts.splits import assign_splits
+    from cts.stages import _drop_unverifiable
+    from cts.tasks import load_task
+    from cts.train.cts_step import _is_dev
+
+    config = _merged_config()
+    assert "B5" in config["methods"]
+    problems = _drop_unverifiable(load_task("gsm8k", config["data"]["gsm8k"]), log=print)
+    out, _ = assign_splits(problems, config["splits"]["fractions"], config["splits"]["seed"],
+                           config["splits"].get("near_duplicate_threshold", 0.9))
+    train = [p.id for p in out if p.split == "train"]
+    critic = config["cts"]["critic"]
+    held_out = [i for i in train if _is_dev(i, critic["dev_fraction"])]
+    assert held_out or critic["min_dev_pair_accuracy"] == 0, (train, critic)
+
+
 def test_source_split_only_for_real_tasks():
     config = _merged_config()
     config["data"]["synth_math"]["split"] = "test"
