@@ -6,7 +6,7 @@ Tiers:
 * `slow`: a 2-layer truncation of the real weights loaded into a PolicyRuntime and decoded by the
   pipeline's KV-cached sampler, token-equal to the NumPy reference of the same truncation;
 * `heavy`: `snakemake results/eval/gsm8k/base/seed0/problems.jsonl --configfile
-  config/smollm2_gsm8k.yaml` through every normal rule, the full model on 9 GSM8K test problems.
+  config/smollm2_gsm8k.yaml` through every normal rule, the full model on 5 GSM8K test problems.
 """
 
 from __future__ import annotations
@@ -75,6 +75,26 @@ def test_mismatched_pretrained_configs_name_the_key(mutate, match):
     mutate(config)
     with pytest.raises(ConfigError, match=match):
         check_consistency(config)
+
+
+def test_b5_critic_gate_can_pass_on_this_configs_train_split():
+    """B5 refuses to start when its critic's held-out pair accuracy is below the gate, and an
+    empty held-out set counts as below: with 3 train problems none is held out, so the config must
+    switch the gate off or the matrix stops at B5 (it did, before the config said so)."""
+    from cts.splits import assign_splits
+    from cts.verifiers.code import verifiable_problems
+    from cts.tasks import load_task
+    from cts.train.cts_step import _is_dev
+
+    config = _merged_config()
+    assert "B5" in config["methods"]
+    problems = verifiable_problems(load_task("gsm8k", config["data"]["gsm8k"]), log=print)
+    out, _ = assign_splits(problems, config["splits"]["fractions"], config["splits"]["seed"],
+                           config["splits"].get("near_duplicate_threshold", 0.9))
+    train = [p.id for p in out if p.split == "train"]
+    critic = config["cts"]["critic"]
+    held_out = [i for i in train if _is_dev(i, critic["dev_fraction"])]
+    assert held_out or critic["min_dev_pair_accuracy"] == 0, (train, critic)
 
 
 def test_source_split_only_for_real_tasks():
@@ -243,7 +263,7 @@ def test_smollm2_gsm8k_base_eval_through_the_pipeline(gguf_path, tmp_path):
     assert final["steps"] == 0 and final["config"]["base_policy"]["pretrained"] == "smollm2"
     assert final["pretrained"]["file"] == S.SMOLLM2_GGUF_NAME
     test = {p.id: p for p in load_problems(tmp_path / "results/splits/gsm8k/test.jsonl")}
-    assert len(test) == 9 and all(i.startswith("gsm8k-test-") for i in test)
+    assert len(test) == 5 and all(i.startswith("gsm8k-test-") for i in test)
     rows = read_jsonl(tmp_path / TARGET)
     assert sorted(r["problem_id"] for r in rows) == sorted(test)
     for r in rows:
@@ -253,17 +273,18 @@ def test_smollm2_gsm8k_base_eval_through_the_pipeline(gguf_path, tmp_path):
         # greedy is deterministic: the eval's answer is the base rollout the teacher critiqued
         assert r["base_correct"] == r["correct"]
     n_correct = sum(r["correct"] for r in rows)
-    assert f"greedy accuracy {n_correct / len(rows):.3f} on 9 problems" in \
+    assert f"greedy accuracy {n_correct / len(rows):.3f} on 5 problems" in \
         (tmp_path / "logs/eval/eval_cell/gsm8k/base/seed0.log").read_text()
 
     # The pipeline's greedy text equals an independent NumPy forward of the GGUF weights (with
-    # MaxText's bfloat16 tied head) on the shortest answer that ended with EOS.
+    # MaxText's bfloat16 tied head) on the shortest answer (cut at the same eval.max_new_tokens).
     tok = get_tokenizer("smollm2")
     metadata, tensors = S.load_gguf_weights(gguf_path)
     config = S.smollm2_model_config(metadata, tensors)
     row = min(rows, key=lambda r: len(r["completion"]))
     ref = oracle.reference_greedy_decode(tensors, config, encode_prompt(tok, test[row["problem_id"]].prompt),
-                                    max_new_tokens=400, stop_ids=[tok.eos_id], head_bf16=True)
+                                         max_new_tokens=_merged_config()["eval"]["max_new_tokens"], stop_ids=[tok.eos_id],
+                                         head_bf16=True)
     assert tok.decode([t for t in ref if t != tok.eos_id]) == row["completion"]
 
     dry = subprocess.run([*cmd[:-2], "--dry-run", "--configfile", str(SMOLLM2_CONFIG)], cwd=tmp_path, env=env,
