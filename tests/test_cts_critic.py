@@ -138,9 +138,12 @@ def _setup(runtime, data, **cts):
     return method, (params, optimizer)
 
 
-def test_warm_up_raises_held_out_pair_accuracy_from_chance_to_the_threshold(runtime):
+@pytest.mark.parametrize("features", [dict(), dict(step_pool="last", correct_steps=True)],
+                         ids=["mean", "last+correct_steps"])
+def test_warm_up_raises_held_out_pair_accuracy_from_chance_to_the_threshold(runtime, features):
     m, _ = _setup(runtime, _toy_data(), critic=dict(warmup_steps=200, learning_rate=3e-3, dev_fraction=0.3,
-                                                    min_dev_pair_accuracy=0.9))
+                                                    min_dev_pair_accuracy=0.9, **features))
+    assert m.wiring.warmup["config"]["step_pool"] == features.get("step_pool", "mean")
     w = m.wiring.warmup
     assert w["n_dev"] >= 8 and w["n_fit"] >= 20 and w["n_unlocalised"] == 1
     before, after = w["dev_before_warmup"]["pair_accuracy"], w["dev_pair_accuracy"]

@@ -10,8 +10,8 @@ from flax import nnx
 
 from cts.losses.alignment import AlignmentConfig
 from cts.losses.cts_objective import (
-    CTSConfig, CTSHeads, cts_loss, cts_total, decode_template_hash, energy_loss, format_decode_context,
-    latent_edit, localisation_weights, trajectory)
+    CTSConfig, CTSHeads, correct_step_mask, cts_loss, cts_total, decode_template_hash, energy_loss,
+    flagged_latent, format_decode_context, latent_edit, localisation_weights, trajectory)
 
 B, T, D, DC = 3, 8, 6, 5
 FAST_ALIGN = AlignmentConfig(kind="sinkhorn", epsilon=1.0, max_iterations=200)
@@ -232,3 +232,101 @@ def test_decode_template():
     assert len(decode_template_hash()) == 64
     with pytest.raises(TypeError, match="critique"):
         format_decode_context("p", "a", None)
+
+
+# ---------------------------------------------------------------- step features and correct steps (issue 14)
+
+@pytest.fixture
+def x64():
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", old)
+
+
+@pytest.mark.parametrize("pool", ["last", "mean_last"])
+def test_step_pool_last_takes_each_steps_last_token(pool):
+    cfg = _cfg(latent_dim=None, trajectory="step", step_pool=pool)
+    b = _batch()
+    R, w, _ = trajectory(_heads(cfg), b["hidden"], b["mask"], b["step_ids"], cfg)
+    h, steps = np.asarray(b["hidden"]), np.asarray(b["step_ids"])
+    assert R.shape == (B, 4, 2 * D if pool == "mean_last" else D)
+    for i in range(B):
+        for s in range(4):
+            toks = np.flatnonzero((steps[i] == s) & (np.asarray(b["mask"])[i] > 0))
+            if toks.size == 0:
+                assert float(w[i, s]) == 0.0
+                continue
+            want = h[i, toks[-1]] if pool == "last" else np.concatenate([h[i, toks].mean(0), h[i, toks[-1]]])
+            np.testing.assert_allclose(np.asarray(R[i, s]), want, rtol=1e-6)
+    r, has = flagged_latent(_heads(cfg), b["hidden"], b["mask"], b["flag"], pool)
+    np.testing.assert_allclose(np.asarray(r[0]), np.asarray(R[0, 1]), rtol=1e-6)  # row 0's flag is its step 1
+    assert list(np.asarray(has)) == [True, True, False]
+
+
+def test_correct_step_mask_is_the_attempts_prefix_and_the_revisions_other_steps():
+    valid = jnp.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]], bool)
+    at_flag = jnp.array([[0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], jnp.float32)  # row 2: no flag
+    at_flag_rev = jnp.array([[0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], jnp.float32)
+    got = np.asarray(correct_step_mask(valid, at_flag, valid, at_flag_rev)).astype(int)
+    np.testing.assert_array_equal(got, [[1, 1, 0, 0, 1, 1, 0, 1], [0, 0, 0, 0, 0, 1, 1, 0], [0] * 8])
+
+
+def test_energy_loss_with_correct_steps_handcomputed():
+    cfg = _cfg(energy_margin=0.5)
+    heads = _heads(cfg)
+    rng = np.random.default_rng(3)
+    ra, rr = (jnp.asarray(rng.normal(size=(B, 4)), jnp.float32) for _ in range(2))
+    good = jnp.asarray(rng.normal(size=(B, 3, 4)), jnp.float32)
+    gm = jnp.array([[1, 1, 0], [0, 0, 0], [1, 1, 1]], jnp.float32)
+    e = jnp.asarray(rng.normal(size=(B, DC)), jnp.float32)
+    loss, _ = energy_loss(heads, ra, rr, e, cfg, row_mask=jnp.array([1.0, 1.0, 0.0]), R_correct=good, correct_mask=gm)
+    sp = lambda x: np.log1p(np.exp(x))  # noqa: E731
+    ea, er = np.asarray(heads.energy(ra, e)), np.asarray(heads.energy(rr, e))
+    eg = np.asarray(heads.energy(good, e[:, None, :]))
+    row0 = sp(0.5 + er[0] - ea[0]) + np.mean(sp(0.5 + eg[0, :2] - ea[0]))
+    row1 = sp(0.5 + er[1] - ea[1])  # no correct steps: the pair term alone
+    np.testing.assert_allclose(float(loss), (row0 + row1) / 2, rtol=1e-5)
+
+
+def test_new_gradients_match_finite_differences_float64(x64):
+    """The gradients B5 relies on through the new pieces, against finite differences: L_E with
+    correct steps w.r.t. ψ (E_ψ and W; P_φ is not L_E's: its latents are stop-gradient), and
+    L_align w.r.t. the hidden states through the "mean_last" step pooling (R* held fixed: it is a
+    stop-gradient target, so a finite difference that moved it would measure something else)."""
+    from jax.test_util import check_grads
+
+    from cts.losses.alignment import alignment_loss
+    from cts.losses.cts_objective import latent_edit
+
+    cfg = _cfg(trajectory="step", step_pool="mean_last", energy_correct_steps=True, edit_steps=1,
+               alignment=AlignmentConfig(kind="l2"))
+    b = {k: (v.astype(jnp.float64) if v.dtype == jnp.float32 else v) for k, v in _batch(4).items()}
+    heads = CTSHeads(D, DC, cfg, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(heads)
+    state = jax.tree.map(lambda x: x.astype(jnp.float64), state)
+    psi = {k: v for k, v in state.items() if k != "project"}
+    phi = {k: v for k, v in state.items() if k == "project"}
+
+    def energy(psi):
+        h = nnx.merge(graphdef, nnx.State({**phi, **psi}))
+        t, _ = cts_loss(h, b["hidden"], b["mask"], b["step_ids"], b["flag"], b["critique"], b["hidden_rev"],
+                        b["mask_rev"], b["step_ids_rev"], b["flag_rev"], cfg)
+        return t["energy"]
+
+    check_grads(energy, (psi,), order=1, modes=["rev"], eps=1e-6)
+
+    h0 = nnx.merge(graphdef, state)
+    R0, w, t = trajectory(h0, b["hidden"], b["mask"], b["step_ids"], cfg)
+    alpha = localisation_weights(b["flag"], b["mask"], b["step_ids"], cfg)
+    R_star = latent_edit(h0, R0, alpha, b["critique"], cfg)  # the fixed target
+
+    def align(hidden):
+        R, w, t = trajectory(h0, hidden, b["mask"], b["step_ids"], cfg)
+        return alignment_loss(R, w, t, R_star, w, t, cfg.alignment, row_weights=(alpha.sum(1) > 0).astype(R.dtype))[0]
+
+    check_grads(align, (b["hidden"],), order=1, modes=["rev"], eps=1e-6)
+    # and it is the gradient cts_loss gives (R* stop-gradient there)
+    g_loop = jax.grad(lambda h: cts_loss(h0, h, b["mask"], b["step_ids"], b["flag"], b["critique"], b["hidden_rev"],
+                                         b["mask_rev"], b["step_ids_rev"], b["flag_rev"], cfg)[0]["align"])(b["hidden"])
+    np.testing.assert_allclose(np.asarray(g_loop), np.asarray(jax.grad(align)(b["hidden"])), rtol=1e-9, atol=1e-12)

@@ -38,6 +38,7 @@ __all__ = [
     "CTSHeads",
     "DECODE_TEMPLATE",
     "TERM_NAMES",
+    "correct_step_mask",
     "cts_loss",
     "cts_total",
     "critique_embedding",
@@ -45,17 +46,21 @@ __all__ = [
     "edit_direction",
     "energy_loss",
     "term_weights",
+    "flagged_feature",
     "flagged_latent",
     "format_decode_context",
     "gradient_edit",
     "latent_edit",
     "localisation_weights",
+    "pool_tokens",
+    "step_features",
     "trajectory",
     "trajectory_energy",
 ]
 
 TRAJECTORY_LEVELS = ("token", "step")
 CRITIQUE_EMBEDDINGS = ("pooled", "learned")
+STEP_POOLS = ("mean", "last", "mean_last")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +91,13 @@ class CTSConfig:
         keeps ψ out of the optimizer (weight decay!).
       alignment: AlignmentConfig of L_align (A2: kind "l2", A3: kind "soft_dtw").
       online_critique: A6, the loop regenerates critiques online (this module ignores it).
+      step_pool: how a step's tokens become one point (and the flagged step one latent): "mean"
+        of their hidden states, the "last" token's (it has attended to the whole step), or
+        "mean_last", both concatenated (P_φ then maps 2D → d). The critic, the edit and L_align
+        all see this one feature.
+      energy_correct_steps: L_E also ranks the flagged step above the trajectory's correct steps
+        (the attempt's steps before the flag and the revision's other steps), not only above the
+        revision's corrected step: more pairs for E_ψ to learn what a wrong step looks like.
     """
 
     latent_dim: int | None = 64
@@ -104,6 +116,8 @@ class CTSConfig:
     energy_freeze: bool = False
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     online_critique: bool = False
+    step_pool: str = "mean"
+    energy_correct_steps: bool = False
 
     def __post_init__(self):
         def bad(name, want):
@@ -131,7 +145,9 @@ class CTSConfig:
         for name in ("lam_align", "lam_decode", "lam_energy", "energy_margin"):
             if not getattr(self, name) >= 0:
                 bad(name, ">= 0")
-        for name in ("energy_freeze", "online_critique"):
+        if self.step_pool not in STEP_POOLS:
+            bad("step_pool", f"one of {STEP_POOLS}")
+        for name in ("energy_freeze", "online_critique", "energy_correct_steps"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "a bool")
         if not isinstance(self.alignment, AlignmentConfig):
@@ -149,16 +165,17 @@ class CTSHeads(nnx.Module):
     """P_φ (optional D→d linear), E_ψ (MLP on [r_t, W e_f] → scalar), optional critique table.
 
     Args:
-      hidden_dim: D, the policy's hidden size.
+      hidden_dim: D, the policy's hidden size (P_φ's input is 2D with step_pool "mean_last").
       critique_dim: D_c, size of e_f (pooled critique states, or the learned table's width).
       cfg: CTSConfig.
       rngs: nnx.Rngs.
     """
 
     def __init__(self, hidden_dim: int, critique_dim: int, cfg: CTSConfig, *, rngs: nnx.Rngs):
-        d = hidden_dim if cfg.latent_dim is None else cfg.latent_dim
+        feature_dim = hidden_dim * (2 if cfg.step_pool == "mean_last" else 1)
+        d = feature_dim if cfg.latent_dim is None else cfg.latent_dim
         self.latent_dim = d
-        self.project = None if cfg.latent_dim is None else nnx.Linear(hidden_dim, d, rngs=rngs)  # P_φ
+        self.project = None if cfg.latent_dim is None else nnx.Linear(feature_dim, d, rngs=rngs)  # P_φ
         self.critique_proj = nnx.Linear(critique_dim, d, use_bias=False, rngs=rngs)  # W (part of ψ)
         self.energy_in = nnx.Linear(2 * d, cfg.energy_hidden, rngs=rngs)  # E_ψ layer 1
         self.energy_out = nnx.Linear(cfg.energy_hidden, 1, rngs=rngs)  # E_ψ layer 2
@@ -167,7 +184,7 @@ class CTSHeads(nnx.Module):
             if cfg.critique_embedding == "learned" else None)
 
     def latents(self, hidden: jax.Array) -> jax.Array:
-        """[..., D] -> [..., d]."""
+        """[..., D'] pooled features (`pool_tokens`) -> [..., d]."""
         return hidden if self.project is None else self.project(hidden)
 
     def energy(self, r: jax.Array, e_f: jax.Array) -> jax.Array:
@@ -221,6 +238,41 @@ def _times(valid: jax.Array, dtype) -> jax.Array:
     return jnp.where(valid, pos / jnp.maximum(last, 1.0), 0.0)
 
 
+def pool_tokens(hidden: jax.Array, member: jax.Array, pool: str) -> jax.Array:
+    """One feature per group of tokens: hidden [B, T, D], member [B, K, T] (0/1) -> [B, K, D'].
+
+    "mean": the mean of the group's hidden states; "last": the hidden state of its last token;
+    "mean_last": both, concatenated (D' = 2D). An empty group gets 0. Linear in `hidden`.
+    """
+    member = member.astype(hidden.dtype)
+    parts = []
+    if pool in ("mean", "mean_last"):
+        count = jnp.sum(member, axis=-1)  # (B, K)
+        parts.append(jnp.einsum("bkt,btd->bkd", member, hidden) / jnp.maximum(count, 1.0)[..., None])
+    if pool in ("last", "mean_last"):
+        t = jnp.arange(member.shape[-1])[None, None, :]  # (1, 1, T)
+        last_t = jnp.max(jnp.where(member > 0, t, -1), axis=-1, keepdims=True)  # (B, K, 1), -1 if empty
+        parts.append(jnp.einsum("bkt,btd->bkd", (t == last_t).astype(hidden.dtype), hidden))
+    if not parts:
+        raise ValueError(f"pool must be one of {STEP_POOLS}, got {pool!r}")
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
+def step_features(hidden: jax.Array, mask: jax.Array, step_ids: jax.Array, cfg: CTSConfig
+                  ) -> tuple[jax.Array, jax.Array]:
+    """The trajectory's points before P_φ: (F [B, N, D'], valid [B, N] bool).
+
+    Token level: N = T, each token its own point (for "mean_last" [h; h]: a one-token step's mean
+    and last token are both h). Step level: N = cfg.max_steps, each step pooled by cfg.step_pool.
+    """
+    _check_tokens(hidden, mask, step_ids)
+    if cfg.trajectory == "token":
+        F = jnp.concatenate([hidden, hidden], axis=-1) if cfg.step_pool == "mean_last" else hidden
+        return F, mask > 0
+    member = _step_onehot(mask, step_ids, cfg.max_steps)  # (B, S, T)
+    return pool_tokens(hidden, member, cfg.step_pool), jnp.sum(member, axis=-1) > 0
+
+
 def trajectory(heads: CTSHeads, hidden: jax.Array, mask: jax.Array, step_ids: jax.Array,
                cfg: CTSConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
     """R_θ = P_φ(h) on the trajectory grid.
@@ -232,20 +284,12 @@ def trajectory(heads: CTSHeads, hidden: jax.Array, mask: jax.Array, step_ids: ja
 
     Returns:
       R [B, N, d]; weights [B, N] uniform over valid positions (sum 1; all 0 for an empty row);
-      times [B, N] in [0, 1]. Token level: N = T. Step level: N = cfg.max_steps, each step the
-      mean of its tokens (pooling before the linear P_φ is the same as after), absent steps get
-      weight 0. Time of a step = step index / last present step index.
+      times [B, N] in [0, 1]. Token level: N = T. Step level: N = cfg.max_steps, each step pooled
+      by cfg.step_pool (`step_features`; pooling before the linear P_φ is the same as after),
+      absent steps get weight 0. Time of a step = step index / last present step index.
     """
-    _check_tokens(hidden, mask, step_ids)
-    if cfg.trajectory == "token":
-        valid = mask > 0  # (B, T)
-        R = heads.latents(hidden)  # (B, T, d)
-    else:
-        member = _step_onehot(mask, step_ids, cfg.max_steps).astype(hidden.dtype)  # (B, S, T)
-        count = jnp.sum(member, axis=-1)  # (B, S)
-        pooled = jnp.einsum("bst,btd->bsd", member, hidden) / jnp.maximum(count, 1.0)[..., None]  # (B, S, D)
-        valid = count > 0
-        R = heads.latents(pooled)  # (B, S, d)
+    F, valid = step_features(hidden, mask, step_ids, cfg)  # (B, N, D'), (B, N)
+    R = heads.latents(F)  # (B, N, d)
     w = valid.astype(R.dtype)
     weights = w / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1.0)
     return R, weights, _times(valid, R.dtype)
@@ -346,19 +390,48 @@ def edit_direction(R: jax.Array, R_star: jax.Array, at_flag: jax.Array, r_att: j
     return {"cos": cos, "rel": rel, "rows": rows}
 
 
-def flagged_latent(heads: CTSHeads, hidden: jax.Array, mask: jax.Array, flag: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Mean projected latent of the flagged tokens: hidden [B, T, D], mask/flag [B, T] ->
-    (r [B, d], has_flag [B] bool). Rows without flagged tokens get r = 0, has_flag = False."""
-    sel = ((flag > 0) & (mask > 0)).astype(hidden.dtype)  # (B, T)
-    count = jnp.sum(sel, axis=1)  # (B,)
-    pooled = jnp.einsum("bt,btd->bd", sel, hidden) / jnp.maximum(count, 1.0)[:, None]  # (B, D)
-    return heads.latents(pooled), count > 0
+def flagged_feature(hidden: jax.Array, mask: jax.Array, flag: jax.Array, pool: str = "mean"
+                    ) -> tuple[jax.Array, jax.Array]:
+    """The flagged tokens pooled like a step (`pool_tokens`), before P_φ: hidden [B, T, D],
+    mask/flag [B, T] -> (f [B, D'], has_flag [B] bool). Rows without flagged tokens get 0, False."""
+    sel = ((flag > 0) & (mask > 0))[:, None, :]  # (B, 1, T)
+    return pool_tokens(hidden, sel, pool)[:, 0], jnp.sum(sel, axis=(1, 2)) > 0
+
+
+def flagged_latent(heads: CTSHeads, hidden: jax.Array, mask: jax.Array, flag: jax.Array, pool: str = "mean"
+                   ) -> tuple[jax.Array, jax.Array]:
+    """Projected latent of the flagged tokens: hidden [B, T, D], mask/flag [B, T] ->
+    (r [B, d], has_flag [B] bool). Rows without flagged tokens get r = P_φ(0), has_flag = False."""
+    f, has = flagged_feature(hidden, mask, flag, pool)
+    return heads.latents(f), has
+
+
+def correct_step_mask(valid: jax.Array, at_flag: jax.Array, valid_rev: jax.Array, at_flag_rev: jax.Array
+                      ) -> jax.Array:
+    """Which trajectory points are known-correct steps: [B, N] ×4 -> [B, 2N] (attempt ⊕ revision).
+
+    The attempt's steps before its first flagged step (the flag is the FIRST error), and the
+    revision's steps other than its corrected step (that one is L_E's main positive already).
+    Rows without a flag get none.
+    """
+    pos = jnp.arange(valid.shape[1])[None, :]
+    flagged = at_flag > 0
+    first = jnp.min(jnp.where(flagged, pos, valid.shape[1]), axis=1, keepdims=True)  # (B, 1)
+    has = jnp.any(flagged, axis=1, keepdims=True)
+    att = valid & (pos < first) & has
+    rev = valid_rev & ~(at_flag_rev > 0) & has
+    return jnp.concatenate([att, rev], axis=1)
 
 
 def energy_loss(heads: CTSHeads, R_attempt_flagged: jax.Array, R_revision_flagged: jax.Array,
                 e_f: jax.Array, cfg: CTSConfig, *, row_mask: jax.Array | None = None,
-                latent_grad: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+                latent_grad: bool = False, R_correct: jax.Array | None = None,
+                correct_mask: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """L_E = mean_b softplus(m + E_ψ(r_rev, e_f) − E_ψ(r_att, e_f)) over counted rows.
+
+    With correct steps (R_correct [B, G, d], correct_mask [B, G]) each row adds the mean over its
+    correct steps g of softplus(m + E_ψ(r_g, e_f) − E_ψ(r_att, e_f)): the flagged step ranks above
+    every known-correct step of its trajectory too (`CTSConfig.energy_correct_steps`).
 
     Pushes E low on the revision's corrected step and high on the attempt's flagged step, with
     margin m = energy_margin. The latents are stop-gradiented: only ψ is trained by L_E (in B5);
@@ -381,7 +454,12 @@ def energy_loss(heads: CTSHeads, R_attempt_flagged: jax.Array, R_revision_flagge
     sg = (lambda x: x) if latent_grad else jax.lax.stop_gradient
     e_att = heads.energy(sg(R_attempt_flagged), e_f)  # (B,)
     e_rev = heads.energy(sg(R_revision_flagged), e_f)  # (B,)
-    per_row = jax.nn.softplus(cfg.energy_margin + e_rev - e_att)
+    per_row = jax.nn.softplus(cfg.energy_margin + e_rev - e_att)  # (B,)
+    if R_correct is not None:
+        gm = jnp.asarray(correct_mask, jnp.float32)  # (B, G)
+        e_ok = heads.energy(sg(R_correct), e_f[:, None, :])  # (B, G)
+        ranked = jax.nn.softplus(cfg.energy_margin + e_ok - e_att[:, None])  # (B, G)
+        per_row = per_row + jnp.sum(gm * ranked, axis=1) / jnp.maximum(jnp.sum(gm, axis=1), 1.0)
     denom = jnp.maximum(jnp.sum(w), 1.0)
 
     def wmean(v):
@@ -468,14 +546,20 @@ def cts_loss(heads: CTSHeads, hidden: jax.Array, mask: jax.Array, step_ids: jax.
                                           row_weights=active.astype(R.dtype))
 
     # ENERGY CRITIC
-    r_att, has_att = flagged_latent(heads, hidden, mask, flag)  # (B, d)
-    r_rev, has_rev = flagged_latent(heads, hidden_rev, mask_rev, flag_rev)  # (B, d)
+    r_att, has_att = flagged_latent(heads, hidden, mask, flag, cfg.step_pool)  # (B, d)
+    r_rev, has_rev = flagged_latent(heads, hidden_rev, mask_rev, flag_rev, cfg.step_pool)  # (B, d)
     paired = active & has_att & has_rev  # (B,)
     trains_critic = paired if energy_rows is None else paired & (jnp.asarray(energy_rows) > 0)
-    energy, energy_metrics = energy_loss(heads, r_att, r_rev, e_f, cfg, row_mask=trains_critic)
+    at_flag = localisation_weights(flag, mask, step_ids, cfg.replace(alpha_width=0.0))  # (B, N)
+    correct = {}
+    if cfg.energy_correct_steps:  # the trajectories' known-correct steps rank below the flagged one
+        R_rev, w_rev, _ = trajectory(heads, hidden_rev, mask_rev, step_ids_rev, cfg)  # (B, N, d)
+        at_flag_rev = localisation_weights(flag_rev, mask_rev, step_ids_rev, cfg.replace(alpha_width=0.0))
+        correct = {"R_correct": jnp.concatenate([R, R_rev], axis=1),  # (B, 2N, d)
+                   "correct_mask": correct_step_mask(weights > 0, at_flag, w_rev > 0, at_flag_rev)}
+    energy, energy_metrics = energy_loss(heads, r_att, r_rev, e_f, cfg, row_mask=trains_critic, **correct)
 
     # EDIT DIRECTION (diagnostics): toward the revision? how big? does U drop?
-    at_flag = localisation_weights(flag, mask, step_ids, cfg.replace(alpha_width=0.0))  # (B, N)
     d = edit_direction(R, R_star, at_flag, r_att, r_rev, paired)
     graphdef, state = nnx.split(heads)
     critic = nnx.merge(graphdef, jax.lax.stop_gradient(state))

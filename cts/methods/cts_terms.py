@@ -58,11 +58,14 @@ class CTSMethodConfig(GRPOMethodConfig):
     @classmethod
     def from_cell(cls, cell: dict) -> "CTSMethodConfig":
         d = cell["cts"]
+        critic = CriticConfig(**d.get("critic", {}))
+        # the critic's step feature is also the trajectory's and the edit's: one choice for all three
         terms = CTSConfig(**{k: d[k] for k in _TERM_KEYS if k in d},
+                          step_pool=critic.step_pool, energy_correct_steps=critic.correct_steps,
                           num_critique_ids=len(LABELS) if d.get("critique_embedding") == "learned" else 0,
                           alignment=AlignmentConfig(**d.get("alignment", {})))
         extra = {"batch_size": d["cts_batch_size"]} if "cts_batch_size" in d else {}
-        return cls(**cls.fields_from_cell(cell), terms=terms, critic=CriticConfig(**d.get("critic", {})), **extra)
+        return cls(**cls.fields_from_cell(cell), terms=terms, critic=critic, **extra)
 
 
 @register_method("cts")

@@ -43,8 +43,9 @@ import optax
 from flax import nnx
 
 from cts.answer_format import LABELS, format_decode_context, trajectory_steps
-from cts.losses.cts_objective import (CTSConfig, CTSHeads, critique_embedding, cts_loss, cts_total,
-                                      energy_loss, term_weights)
+from cts.losses.cts_objective import (STEP_POOLS, CTSConfig, CTSHeads, correct_step_mask, critique_embedding,
+                                      cts_loss, cts_total, energy_loss, flagged_feature, localisation_weights,
+                                      step_features, term_weights)
 from cts.losses.sft import sft_loss
 from cts.model.policy import token_logprobs
 from cts.train.batching import bucket_length, encode_prompt, make_batch
@@ -70,6 +71,11 @@ class CriticConfig:
       min_dev_pair_accuracy: B5 refuses to start when the held-out pair accuracy is below this.
       fit_projection: the warm-up also fits P_φ (the latent projection) on L_E; during B5 P_φ is
         trained by L_align only, as designed.
+      step_pool: a step's feature — "mean" of its tokens' hidden states, the "last" token's, or
+        "mean_last" (both); it is the trajectory's point too, so the critic, the edit and L_align
+        share it (CTSConfig.step_pool).
+      correct_steps: L_E (warm-up and B5) also ranks the flagged step above the attempt's steps
+        before it and the revision's other steps (CTSConfig.energy_correct_steps).
     """
 
     warmup_steps: int = 1000  # the defaults are workflow_config.yaml's, where each has its reason
@@ -77,6 +83,8 @@ class CriticConfig:
     dev_fraction: float = 0.2
     min_dev_pair_accuracy: float = 0.8
     fit_projection: bool = False
+    step_pool: str = "mean"
+    correct_steps: bool = False
 
     def __post_init__(self):
         if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
@@ -89,6 +97,10 @@ class CriticConfig:
             raise ValueError(f"cts.critic.min_dev_pair_accuracy must be in [0, 1], got {self.min_dev_pair_accuracy!r}")
         if not isinstance(self.fit_projection, bool):
             raise ValueError(f"cts.critic.fit_projection must be a bool, got {self.fit_projection!r}")
+        if self.step_pool not in STEP_POOLS:
+            raise ValueError(f"cts.critic.step_pool must be one of {STEP_POOLS}, got {self.step_pool!r}")
+        if not isinstance(self.correct_steps, bool):
+            raise ValueError(f"cts.critic.correct_steps must be a bool, got {self.correct_steps!r}")
 
 
 # ----------------------------------------------------------------------------- step maps, flags
@@ -332,7 +344,8 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
         self.warmup.update({
             "config": {"warmup_steps": critic.warmup_steps, "learning_rate": critic.learning_rate,
                        "dev_fraction": critic.dev_fraction, "min_dev_pair_accuracy": critic.min_dev_pair_accuracy,
-                       "fit_projection": critic.fit_projection},
+                       "fit_projection": critic.fit_projection, "step_pool": critic.step_pool,
+                       "correct_steps": critic.correct_steps},
             "n_failed": len(failed), "n_unlocalised": len(unlocalised), "n_fit": len(fit), "n_dev": len(dev),
             "dev_before_warmup": before, "dev_after_warmup": after, "dev_pair_accuracy": after["pair_accuracy"],
             "warmup_s": time.perf_counter() - t0,
@@ -356,22 +369,31 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
             self.warmup["fit"] = {"steps": 0}
             return params
 
-        @jax.jit
-        def pooled(policy, b):  # flagged-step hidden states [B, D] of both sides, and e_f
-            h_att, h_rev, critique = features(policy, b)
-            sel = lambda f, m: ((f > 0) & (m > 0)).astype(h_att.dtype)  # noqa: E731
-            sa, sr = sel(b["att"]["flag"], b["att"]["loss_mask"]), sel(b["rev"]["flag"], b["rev"]["loss_mask"])
-            pa = jnp.einsum("bt,btd->bd", sa, h_att) / jnp.maximum(sa.sum(1), 1.0)[:, None]
-            pr = jnp.einsum("bt,btd->bd", sr, h_rev) / jnp.maximum(sr.sum(1), 1.0)[:, None]
-            return jax.lax.stop_gradient(pa), pr, critique, (sa.sum(1) > 0) & (sr.sum(1) > 0)
+        width0 = cfg.replace(alpha_width=0.0)
 
-        feats: dict[str, list] = {"att": [], "rev": [], "crit": [], "ok": []}
+        @jax.jit
+        def pooled(policy, b):
+            """Pre-projection features of both flagged steps [B, D'] ×2, e_f, the pair's validity [B],
+            and (with correct_steps) the trajectories' points [B, 2N, D'] and which are correct [B, 2N]."""
+            h_att, h_rev, critique = features(policy, b)
+            a, r = b["att"], b["rev"]
+            fa, has_a = flagged_feature(h_att, a["loss_mask"], a["flag"], cfg.step_pool)
+            fr, has_r = flagged_feature(h_rev, r["loss_mask"], r["flag"], cfg.step_pool)
+            Fa, va = step_features(h_att, a["loss_mask"], a["step_ids"], cfg)
+            Fr, vr = step_features(h_rev, r["loss_mask"], r["step_ids"], cfg)
+            good = correct_step_mask(va, localisation_weights(a["flag"], a["loss_mask"], a["step_ids"], width0), vr,
+                                     localisation_weights(r["flag"], r["loss_mask"], r["step_ids"], width0))
+            sg = jax.lax.stop_gradient
+            return sg(fa), sg(fr), critique, has_a & has_r, sg(jnp.concatenate([Fa, Fr], axis=1)), good
+
+        names = ("att", "rev", "crit", "ok", "steps", "good")
+        feats: dict[str, list] = {k: [] for k in names}
         for i in range(0, len(fit), n):
             chunk = fit[i:i + n]
             out = jax.device_get(pooled(params["policy"], jax.tree.map(jnp.asarray, batch_of(chunk, rows=n))))
-            for k, v in zip(("att", "rev", "crit", "ok"), out):
+            for k, v in zip(names, out):
                 feats[k].append(np.asarray(v)[:len(chunk)])
-        h_att, h_rev, crit, ok = (jnp.asarray(np.concatenate(feats[k])) for k in ("att", "rev", "crit", "ok"))
+        h_att, h_rev, crit, ok, steps, good = (jnp.asarray(np.concatenate(feats[k])) for k in names)
 
         trainable = jax.tree_util.tree_map_with_path(  # heads only: ψ, and φ with fit_projection
             lambda p, _: "fit" if p[0].key in _PSI or critic.fit_projection else "keep", params["heads"])
@@ -381,8 +403,10 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
         def loss_fn(heads_params):
             heads = nnx.merge(heads_def, heads_params)
             e_f = critique_embedding(heads, crit, cfg)
+            correct = ({"R_correct": heads.latents(steps), "correct_mask": good}
+                       if cfg.energy_correct_steps else {})
             return energy_loss(heads, heads.latents(h_att), heads.latents(h_rev), e_f, cfg, row_mask=ok,
-                               latent_grad=critic.fit_projection)
+                               latent_grad=critic.fit_projection, **correct)
 
         @jax.jit
         def step(hp, state):
