@@ -16,6 +16,7 @@ rule teacher_rollouts:
     params:
         splits=config["rollouts"]["splits"],
         rollouts=config["rollouts"],
+        parallelism=config.get("parallelism") or {},  # the mesh (issue 18): layout only, not in any digest
         jax_threads=jax_threads_cap(),
         compile_cache=COMPILE_CACHE,
     script:

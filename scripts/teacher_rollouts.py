@@ -4,4 +4,5 @@ log = stage_logger(snakemake)
 from cts.stages.teacher import teacher_rollouts
 
 splits = dict(zip(snakemake.params.splits, snakemake.input.splits))
-teacher_rollouts(snakemake.input.base, splits, snakemake.params.rollouts, snakemake.output[0], log=log)
+teacher_rollouts(snakemake.input.base, splits, snakemake.params.rollouts, snakemake.output[0], log=log,
+                 parallelism=snakemake.params.parallelism or None)

@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,3 +277,29 @@ def test_shard_batch_single_device():
 
 if __name__ == "__main__":  # the 8-device worker (see module docstring)
     _worker(sys.argv[1])
+
+
+def test_rollouts_and_eval_build_their_runtime_on_the_run_mesh(tmp_path, monkeypatch):
+    """teacher_rollouts samples from the base on the run's mesh (the base final.json records none);
+    eval_cell uses the cell's recorded mesh; no mesh named → the single-device default."""
+    import cts.train.artifacts as artifacts
+    from cts.io import atomic_write_json
+
+    seen = []
+
+    class RecordingRuntime:
+        def __init__(self, model_cfg, tokenizer, *, seed, batch_size, parallelism=None):
+            seen.append(parallelism)
+
+    monkeypatch.setattr(artifacts, "PolicyRuntime", RecordingRuntime)
+    monkeypatch.setattr(artifacts, "load_final_params", lambda runtime, path: None)
+    base, cell = tmp_path / "base.json", tmp_path / "cell.json"
+    atomic_write_json(str(base), {"config": {"model": {}, "tokenizer": "char"}})
+    atomic_write_json(str(cell), {"config": {"model": {}, "tokenizer": "char", "parallelism": {"fsdp": 2}}})
+    artifacts.runtime_from_final(str(base), 4, parallelism={"fsdp": 4})
+    artifacts.runtime_from_final(str(cell), 4)
+    artifacts.runtime_from_final(str(base), 4)
+    assert seen == [{"fsdp": 4}, {"fsdp": 2}, None]
+    rules = (Path(__file__).resolve().parents[1] / "rules" / "teacher.smk").read_text()
+    rollouts_rule = rules.split("rule teacher_rollouts:")[1].split("\nrule ")[0]
+    assert 'parallelism=config.get("parallelism")' in rollouts_rule

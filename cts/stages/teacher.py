@@ -13,9 +13,10 @@ __all__ = ["teacher_critique", "teacher_rollouts"]
 
 
 def teacher_rollouts(base_final: str, split_paths: dict[str, str], rollouts_cfg: dict,
-                     out_attempts: str, log=print) -> None:
-    """y⁰: the base policy's greedy first attempt on every problem of the given splits."""
-    runtime, params = runtime_from_final(base_final, rollouts_cfg["batch_size"])
+                     out_attempts: str, log=print, parallelism: dict | None = None) -> None:
+    """y⁰: the base policy's greedy first attempt on every problem of the given splits, sampled on
+    the run's mesh (`parallelism`, as for base training; process 0 writes)."""
+    runtime, params = runtime_from_final(base_final, rollouts_cfg["batch_size"], parallelism=parallelism)
     rows = []
     for split in sorted(split_paths):
         problems = load_problems(split_paths[split])

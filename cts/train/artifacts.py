@@ -90,9 +90,12 @@ def load_final_params(runtime: PolicyRuntime, final_path: str):
     return params
 
 
-def runtime_from_final(final_path: str, batch_size: int) -> tuple[PolicyRuntime, object]:
-    """(runtime, params) of the policy a final.json describes (its model and tokenizer config)."""
+def runtime_from_final(final_path: str, batch_size: int,
+                       parallelism: dict | None = None) -> tuple[PolicyRuntime, object]:
+    """(runtime, params) of the policy a final.json describes (its model and tokenizer config), on
+    the mesh `parallelism` names, else the one its config recorded (a cell's; the base records none).
+    The mesh is layout only: it changes no value, so it is not part of any digest."""
     cfg = read_json(final_path)["config"]
     runtime = PolicyRuntime(cfg["model"], cfg["tokenizer"], seed=0, batch_size=batch_size,
-                            parallelism=cfg.get("parallelism"))  # a cell's mesh for its eval too (issue 18)
+                            parallelism=parallelism or cfg.get("parallelism"))
     return runtime, load_final_params(runtime, final_path)
