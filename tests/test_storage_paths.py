@@ -69,3 +69,29 @@ def test_digest_is_layout_independent_and_bit_sensitive():
     flipped.view(np.uint32)[2, 3] ^= 1  # one bit of one weight
     assert params_digest({"a": flipped, "b": p["b"]}) != d
     assert params_digest({"a": p["a"].T.T.reshape(4, 3), "b": p["b"]}) != d  # same bytes, other shape
+
+
+def test_final_json_names_its_digest_scheme_and_an_older_one_is_reported_as_such(tmp_path):
+    """A final.json is loaded only when its parameters match its digest; one written under an older
+    digest scheme says so (rerun the job), rather than claiming the parameters were overwritten."""
+    import jax.numpy as jnp
+
+    from cts.io import DataError, atomic_write_json, read_json
+    from cts.train.artifacts import load_final_params, write_final
+
+    class Runtime:
+        init_params = {"w": jnp.zeros((2, 3), jnp.float32)}
+
+    params = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3)}
+    final = tmp_path / "final.json"
+    write_final(str(final), ckpt_dir=str(tmp_path / "state"), state_digest="d" * 16, params=params,
+                config={}, rows=[], inputs={})
+    np.testing.assert_array_equal(load_final_params(Runtime(), str(final))["w"], params["w"])
+
+    row = read_json(str(final))
+    atomic_write_json(str(final), {**row, "params_sha256": "0" * 64})
+    with pytest.raises(DataError, match="do not match"):
+        load_final_params(Runtime(), str(final))
+    atomic_write_json(str(final), {k: v for k, v in row.items() if k != "params_digest_scheme"})
+    with pytest.raises(DataError, match="older cts"):
+        load_final_params(Runtime(), str(final))

@@ -13,7 +13,7 @@ import os
 from importlib.metadata import version
 
 from cts.io import DataError, atomic_write_json, read_json, sha256_file
-from cts.train.checkpoint import load_params, params_digest, save_params, state_dir
+from cts.train.checkpoint import PARAMS_DIGEST_SCHEME, load_params, params_digest, save_params, state_dir
 from cts.train.runtime import PolicyRuntime
 
 __all__ = ["base_state", "cell_state", "load_final_params", "project_path", "runtime_from_final",
@@ -74,6 +74,7 @@ def write_final(out_final: str, *, ckpt_dir: str, state_digest: str, params, con
     save_params(final_dir, params)
     atomic_write_json(out_final, {
         "params_dir": project_path(final_dir), "params_sha256": params_digest(params),
+        "params_digest_scheme": PARAMS_DIGEST_SCHEME,
         "state_digest": state_digest, "inputs": inputs,
         "steps": len(rows), "final_metrics": rows[-1] if rows else {}, "config": config,
         "versions": {p: version(p) for p in _VERSIONED}, **(extra or {}),
@@ -83,6 +84,11 @@ def write_final(out_final: str, *, ckpt_dir: str, state_digest: str, params, con
 def load_final_params(runtime: PolicyRuntime, final_path: str):
     """The policy parameters a final.json points at, checked against its digest."""
     final = read_json(final_path)
+    scheme = final.get("params_digest_scheme", "host-sha256-0")  # final.json files before the scheme was recorded
+    if scheme != PARAMS_DIGEST_SCHEME:
+        raise DataError(f"{final_path}: written by an older cts whose parameter digest ({scheme}) this "
+                        f"version ({PARAMS_DIGEST_SCHEME}) cannot check; rerun the job that wrote it "
+                        "(snakemake --forcerun <its rule>, or delete the file)")
     params = load_params(final["params_dir"], runtime.init_params)
     if params_digest(params) != final["params_sha256"]:
         raise DataError(f"{final_path}: the parameters in {final['params_dir']} do not match its "

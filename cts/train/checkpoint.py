@@ -192,6 +192,11 @@ def _leaf_fingerprint(x: jax.Array) -> jax.Array:
     return jnp.stack(lanes)
 
 
+# Names how params_digest is computed; final.json records it, so a final.json written under another
+# scheme is reported as such instead of as overwritten parameters. Bump it with any change below.
+PARAMS_DIGEST_SCHEME = "device-fingerprint-1"
+
+
 def params_digest(params) -> str:
     """sha256 over each leaf's (path, shape, dtype, 128-bit device-side fingerprint), in tree order:
     ties a final.json to its checkpoint. Computed without copying any global array to a host (the
