@@ -97,7 +97,7 @@ def test_warmup_starts_above_zero_so_the_first_update_moves_the_weights():
     updates, _ = opt.update({"w": jnp.ones(3)}, opt.init(params), params)
     assert float(jnp.abs(optax.apply_updates(params, updates)["w"] - 1.0).max()) > 0.1  # step 0 moved it
     # no warm-up: the full rate from update 0, as before
-    assert float(make_schedule(LoopConfig(steps=10, prompts_per_step=1, learning_rate=1.0))(0)) == 1.0
+    assert float(make_schedule(LoopConfig(steps=10, prompts_per_step=1, learning_rate=1.0, warmup_steps=0))(0)) == 1.0
 
 
 def test_check_finite_names_term_and_step():
@@ -158,3 +158,20 @@ def test_grpo_mu_updates_per_batch_make_the_clip_act(tmp_path):
     assert one["grpo/ratio_mean"] == 1.0 and one["grpo/clip_frac"] == 0.0
     assert three["grpo/ratio_max"] > 1.0 + 0.28 or three["grpo/ratio_min"] < 1.0 - 0.2
     assert three["grpo/clip_frac"] > 0.0, three
+
+
+def test_loop_config_defaults_are_the_workflow_configs():
+    """One set of defaults: LoopConfig's equal workflow_config.yaml's `train` and `monitor` blocks
+    (the base policy relies on them for the keys it does not pass)."""
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from cts.train.loop import LoopConfig
+
+    wc = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow_config.yaml").read_text())
+    defaults = {f.name: f.default for f in dataclasses.fields(LoopConfig) if f.default is not dataclasses.MISSING}
+    expected = {k: v for k, v in {**wc["train"], **wc["monitor"]}.items() if k in defaults}
+    assert set(defaults) - {"seed"} == set(expected), (set(defaults), set(expected))
+    assert {k: defaults[k] for k in expected} == expected

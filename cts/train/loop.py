@@ -61,17 +61,18 @@ _MONITOR_KEYS = ("log_every", "dead_run_steps")
 
 @dataclass(frozen=True, kw_only=True)
 class LoopConfig:
-    """The shared budget of a run (config block `train`, plus `monitor`); the defaults are
-    workflow_config.yaml's, where each has its reason."""
+    """The shared budget of a run (config block `train`, plus `monitor`). The defaults are
+    workflow_config.yaml's `train` and `monitor` values, where each has its reason
+    (tests/test_loop.py checks they stay equal); cells pass every key, the base policy its SFT ones."""
 
     steps: int
     prompts_per_step: int
     group_size: int = 4
-    learning_rate: float = 3e-4
-    warmup_steps: int = 0
+    learning_rate: float = 1e-4
+    warmup_steps: int = 3
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    max_new_tokens: int = 160
+    max_new_tokens: int = 128
     temperature: float = 1.0
     top_p: float = 1.0
     checkpoint_every: int = 10
