@@ -15,3 +15,14 @@ def ns_level(request):
     if not ok:
         pytest.skip(f"isolation level {request.param!r} unavailable here: {why}")
     return request.param
+
+
+@pytest.fixture
+def x64():
+    """float64 for the duration of a test (finite-difference gradient checks), then restored."""
+    import jax
+
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", old)

@@ -21,12 +21,6 @@ KINDS = {
 }
 
 
-@pytest.fixture
-def x64():
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", old)
 
 
 # Kinds no shipped config trains with, each a part of one that does (debiased = balanced terms;

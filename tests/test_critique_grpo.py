@@ -76,12 +76,6 @@ def test_on_policy_tokens_are_clipped_and_refinement_tokens_are_not():
     assert float(m["grpo/ratio_mean"]) == pytest.approx(2.0, rel=1e-6)
 
 
-@pytest.fixture
-def x64():
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", old)
 
 
 def test_gradient_is_the_shaped_policy_gradient_and_matches_finite_differences(x64):

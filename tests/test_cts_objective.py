@@ -236,12 +236,6 @@ def test_decode_template():
 
 # ---------------------------------------------------------------- step features and correct steps (issue 14)
 
-@pytest.fixture
-def x64():
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", old)
 
 
 @pytest.mark.parametrize("pool", ["last", "mean_last"])
