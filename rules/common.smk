@@ -73,7 +73,8 @@ def start_job_server():
     path = jobserver.socket_path_for(".")
     log = os.path.join(".snakemake", "log", f"cts-jobserver-{os.getpid()}.log")
     JOB_SERVER["proc"] = jobserver.start(path, log)
-    os.environ[jobserver.ENV_SOCKET] = path  # the jobs Snakemake starts from now on inherit it
+    # the jobs Snakemake starts from now on inherit it
+    os.environ[jobserver.ENV_SOCKET] = path
 
 
 def stop_job_server():

@@ -3,8 +3,9 @@ with this directory on PYTHONPATH and CTS_BENCH_JOBLOG set; a no-op otherwise).
 
 At exit, a Snakemake job process (a `script:` job: its __main__ holds the `snakemake` object) writes
 one JSON line with its rule, wildcards and exact CPU-seconds (its own + every child it reaped, e.g.
-the code sandbox, or the job server's child that ran the job for it); the Snakemake scheduler (the child of the process named by CTS_BENCH_PARENT)
-writes its own CPU as rule "(snakemake)".
+the code sandbox, or the job server's child that ran the job for it); the Snakemake scheduler (the
+child of the process named by CTS_BENCH_PARENT) writes its own CPU as rule "(snakemake)", the job
+server (cts/jobserver.py) its own as "(job server)".
 Snakemake's benchmark files sample the process tree (every 1 s, then every 30 s), so they miss the
 tail of a job after the last sample; these records do not.
 """
