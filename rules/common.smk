@@ -72,7 +72,13 @@ def start_job_server():
         return
     path = jobserver.socket_path_for(".")
     log = os.path.join(".snakemake", "log", f"cts-jobserver-{os.getpid()}.log")
-    JOB_SERVER["proc"] = jobserver.start(path, log)
+    # numpy's BLAS sizes its pool at import, in the server: as many threads as Snakemake gives a
+    # JAX job (its shell sets these variables per job; a fresh job process imported numpy with them)
+    blas = {
+        v: str(JAX_THREADS)
+        for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    }
+    JOB_SERVER["proc"] = jobserver.start(path, log, env={**os.environ, **blas})
     # the jobs Snakemake starts from now on inherit it
     os.environ[jobserver.ENV_SOCKET] = path
 
