@@ -31,6 +31,18 @@ include: "rules/stats.smk"
 include: "rules/audit.smk"
 
 
+onstart:
+    start_job_server()
+
+
+onsuccess:
+    stop_job_server()
+
+
+onerror:
+    stop_job_server()
+
+
 rule all:
     input:
         get_final_outputs(),

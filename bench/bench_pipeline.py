@@ -40,7 +40,7 @@ JOBCOST = Path(__file__).resolve().parent / "_jobcost"
 
 # the issue's stage rows, in its order
 STAGES = ("train_base", "GRPO cells B2–B4", "GRPO cells B5 + ablations", "SFT/DPO cells", "eval",
-          "rollouts, small jobs")
+          "rollouts, small jobs", "job server (imports, once)")
 
 
 def _children_cpu() -> float:
@@ -63,6 +63,8 @@ def stage_of(rule: str, wildcards: dict, cfg: dict) -> str:
     """The issue's stage of one job: train_cell by its method's loss (B5 and its ablations apart)."""
     if rule == "train_base":
         return "train_base"
+    if rule == "(job server)":  # resources.job_server: the server process's own CPU (cts/jobserver.py)
+        return "job server (imports, once)"
     if rule == "eval_cell":
         return "eval"
     if rule == "train_cell":
@@ -150,7 +152,8 @@ def report(rows: list[dict], scheduler: float, meta: dict) -> str:
              f"(jobs {sum(r['cpu_s'] or 0 for r in rows):.0f}, the Snakemake scheduler {scheduler:.0f}); "
              f"{len(rows)} jobs; snakemake exit status {meta['rc']}",
              "- CPU-s: exact (getrusage at each job process's exit, children included); `bench` = "
-             "Snakemake's benchmark file (sampled)", "",
+             "Snakemake's benchmark file (sampled; with resources.job_server it sees only a job's client "
+             "process, not the server child that did the work)", "",
              "| stage | per job CPU-s (mean; min–max) | jobs | total CPU-s | total bench CPU-s | total wall-s |",
              "|---|---|---|---|---|---|"]
     by_stage = defaultdict(list)

@@ -3,6 +3,7 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
+from cts import jobserver
 from cts.cloud.state import check_state_paths
 
 from cts.config import (
@@ -57,6 +58,34 @@ def jax_job_threads():
 
 
 JAX_THREADS = jax_job_threads()
+
+
+# resources.job_server: one process imports cts + MaxText once and forks a child per job
+# (cts/jobserver.py); only for jobs that run on this machine, not a remote executor's (gcp_tpu).
+JOB_SERVER = {}
+
+
+def start_job_server():
+    if not config.get("resources", {}).get("job_server", False):
+        return
+    if not (workflow.local_exec and workflow.is_main_process):
+        return
+    path = jobserver.socket_path_for(".")
+    log = os.path.join(".snakemake", "log", f"cts-jobserver-{os.getpid()}.log")
+    # numpy's BLAS sizes its pool at import, in the server: as many threads as Snakemake gives a
+    # JAX job (its shell sets these variables per job; a fresh job process imported numpy with them)
+    blas = {
+        v: str(JAX_THREADS)
+        for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    }
+    JOB_SERVER["proc"] = jobserver.start(path, log, env={**os.environ, **blas})
+    # the jobs Snakemake starts from now on inherit it
+    os.environ[jobserver.ENV_SOCKET] = path
+
+
+def stop_job_server():
+    os.environ.pop(jobserver.ENV_SOCKET, None)
+    jobserver.stop(JOB_SERVER.pop("proc", None))
 
 
 wildcard_constraints:

@@ -1,3 +1,6 @@
+from cts.jobserver import hand_off  # first, before any heavy import (resources.job_server)
+
+hand_off(snakemake)
 from cts.script_support import stage_logger
 
 log = stage_logger(snakemake)

@@ -23,6 +23,7 @@ def test_stages_follow_rule_and_method_loss():
     assert bp.stage_of("train_base", {"task": "synth_math"}, cfg) == "train_base"
     assert bp.stage_of("eval_cell", {"task": "synth_math", "method": "base", "seed": "0"}, cfg) == "eval"
     assert bp.stage_of("teacher_rollouts", {"task": "synth_math"}, cfg) == "rollouts, small jobs"
+    assert bp.stage_of("(job server)", {}, cfg) == "job server (imports, once)"  # resources.job_server
 
 
 def test_records_join_benchmark_files_and_the_scheduler_is_apart(tmp_path):

@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # the experiment around training: config, fairness, statistics, audit, cloud execution
     ("experiment", ("cts.config", "cts.fingerprint", "cts.evaluation", "cts.stats", "cts.audit", "cts.cloud")),
     # glue for Snakemake: one module per rule file, and the scripts' shared helpers
-    ("glue", ("cts.stages", "cts.script_support")),
+    ("glue", ("cts.stages", "cts.script_support", "cts.jobserver")),  # jobserver: runs the scripts' jobs
 )
 
 # Upward imports that stay, each with its reason (also stated as a comment at the import).
@@ -202,8 +202,11 @@ def test_each_rule_script_calls_one_function_of_its_own_stage():
         tree = ast.parse((ROOT / "scripts" / f"{name}.py").read_text(encoding="utf-8"))
         cts_imports = [(n.module, [a.name for a in n.names]) for n in ast.walk(tree)
                        if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("cts")
-                       and n.module != "cts.script_support"]
+                       and n.module not in ("cts.script_support", "cts.jobserver")]
         assert cts_imports == [(f"cts.stages.{stage}", [name])], f"scripts/{name}.py: {cts_imports}"
+        # the job server (resources.job_server) takes the job before any heavy import
+        first = [ast.unparse(n) for n in tree.body[:2]]
+        assert first == ["from cts.jobserver import hand_off", "hand_off(snakemake)"], f"scripts/{name}.py: {first}"
 
 
 # A function-level import in a stage hides what the stage depends on; only an optional dependency

@@ -68,6 +68,16 @@ def workdir(tmp_path_factory):
 def test_full_run_writes_the_table(workdir):
     table = (workdir / "results" / "table.md").read_text()
     assert "B2" in table and "B3" in table
+
+
+def test_jobs_ran_in_children_of_the_job_server(workdir):
+    """resources.job_server is on by default: each job's script ran in a child of one server
+    (cts/jobserver.py), and its log says so with that child's CPU-s."""
+    logs = [workdir / "logs/train/train_base/synth_math.log", workdir / "logs/train/train_cell/synth_math/B3/seed0.log",
+            workdir / "logs/eval/eval_cell/synth_math/B2/seed0.log"]
+    for log in logs:
+        assert re.search(r"job server: ran in server child \d+, rc 0, [0-9.]+ CPU-s", log.read_text()), log
+    assert not list((workdir / ".snakemake").glob("cts-jobserver-*.sock")), "the server outlived its run"
     for path in ("results/power.md", "results/table.json", "results/audit/provenance.json",
                  "results/audit/dag.svg", "results/fingerprint/fingerprints.json",
                  "results/eval/synth_math/B2/seed0/problems.jsonl"):
