@@ -181,12 +181,6 @@ def critique_grpo_loss(logp_on: jax.Array, old_on: jax.Array | None, ref_on: jax
 class CritiqueGRPOMethod(GRPOMethod):
     Config = CritiqueGRPOConfig
 
-    def setup(self, data, loop, params, optimizer, log=print):
-        params, optimizer = super().setup(data, loop, params, optimizer, log)
-        # refinements are the teacher's, their lengths known only per step: pad to the model's limit
-        self.refine_pad = self.runtime.model_cfg.max_len
-        return params, optimizer
-
     def build_batch(self, params, rng, key):
         r = self.rollouts(params, rng, key)
         batch, host = self.grpo_batch(params, r)
@@ -206,7 +200,9 @@ class CritiqueGRPOMethod(GRPOMethod):
                 present.append(float(i is not None))
                 if i is not None:
                     chosen_correct.append(verdicts[i].correct)
-        b = make_batch(self.runtime.tok, prompts, revisions, self.runtime.model_cfg.max_len, pad_to=self.refine_pad)
+        # the refinements' lengths are known only per step: pad to this step's longest, bucketed (≤ max_len/64
+        # shapes; padding to max_len = 768 made the off-policy forward/backward ~3× the rollouts' at T² cost)
+        b = make_batch(self.runtime.tok, prompts, revisions, self.runtime.model_cfg.max_len)
         refine = b.as_dict()
         present_arr = np.asarray(present, np.float32)
         refine["loss_mask"] = refine["loss_mask"] * present_arr[:, None].astype(refine["loss_mask"].dtype)

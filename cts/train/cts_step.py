@@ -201,8 +201,8 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
         def longest(pairs):
             return bucket_length(max(len(encode_prompt(tok, p)) + len(tok.encode(r)) + 1 for p, r in pairs), max_len)
 
-        if online or not failed:  # lengths are only known per step: pad to the model's limit
-            pads = dict(att=max_len, rev=max_len, crit=max_len, dec=max_len)
+        if online or not failed:  # lengths are only known per step: each step's longest, bucketed (≤ max_len/64
+            pads = dict(att=None, rev=None, crit=None, dec=None)  # shapes each; max_len = 768 cost T² for nothing)
         else:
             pads = dict(att=longest([(q.prompt, q.attempt) for q in failed]),
                         rev=longest([(q.prompt, q.revision) for q in failed]),
