@@ -1,9 +1,12 @@
 """Hot-path padding (issue 16): batches are padded per step to a bucket of their own longest row, not
 to a whole-run or model-wide length. Padding is masked, so the loss and its gradient must equal those
 of the old, longer padding (float32, summation order only: ≤ 1e-6), and the padded length is always a
-multiple of the bucket ≤ max_len, so a run compiles at most max_len / bucket shapes."""
+multiple of the bucket ≤ max_len, so a run compiles at most max_len / bucket shapes; the per-step streams
+(B6 refinements, A6 critiques) keep a high-water mark, so their shapes only grow (a few compiles a run)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -106,6 +109,13 @@ def test_b6_refinements_are_padded_to_their_steps_bucket_not_max_len():
     assert T == bucket_length(longest, 512) < 512, (T, longest)
     long = {**batch, "refine": _repad(ref, 512, runtime.tok.pad_id)}
     _assert_same_loss_and_grads(method, params, runtime.init_params, batch, long)
+    # the next steps pad to the longest bucket seen so far: shapes only grow
+    seen = [T]
+    for s in range(1, 4):
+        nxt = method.build_batch(params, np.random.default_rng(s), jax.random.key(s))[0]["refine"]
+        bucket = bucket_length(int(nxt["segment_ids"].sum(1).max()), 512)
+        seen.append(nxt["tokens"].shape[1])
+        assert seen[-1] == max(seen[-2], bucket), seen
 
 
 @pytest.mark.slow
@@ -128,3 +138,11 @@ def test_a6_online_critique_batches_are_padded_to_their_steps_bucket_not_max_len
     batch = {**_grpo_batch(runtime, data), "cts": cts}
     long = {**batch, "cts": _repad(cts, 512, runtime.tok.pad_id)}
     _assert_same_loss_and_grads(method, params, runtime.init_params, batch, long)
+    # a step of longer critiques raises the pad; a later step of short ones keeps it (shapes only grow)
+    longer = [dataclasses.replace(q, critique=q.critique * 4) for q in data.quadruples]
+    crit = method.make_cts_batch(np.random.default_rng(1), longer)["crit"]
+    up = crit["tokens"].shape[1]
+    assert up == bucket_length(int(crit["segment_ids"].sum(1).max()), 512) > cts["crit"]["tokens"].shape[1], up
+    again = method.make_cts_batch(np.random.default_rng(2), data.quadruples)
+    assert again["crit"]["tokens"].shape[1] == up
+    assert again["att"]["tokens"].shape[1] == cts["att"]["tokens"].shape[1]

@@ -200,9 +200,11 @@ class CritiqueGRPOMethod(GRPOMethod):
                 present.append(float(i is not None))
                 if i is not None:
                     chosen_correct.append(verdicts[i].correct)
-        # the refinements' lengths are known only per step: pad to this step's longest, bucketed (≤ max_len/64
-        # shapes; padding to max_len = 768 made the off-policy forward/backward ~3× the rollouts' at T² cost)
-        b = make_batch(self.runtime.tok, prompts, revisions, self.runtime.model_cfg.max_len)
+        # the refinements' lengths are known only per step: pad to the longest bucket seen so far (shapes only
+        # grow: a few compiles a run); max_len = 768 made the B6 update 2.3× this (bench/bench_hot_paths.py)
+        b = make_batch(self.runtime.tok, prompts, revisions, self.runtime.model_cfg.max_len,
+                       min_pad=getattr(self, "refine_pad", 0))
+        self.refine_pad = b.tokens.shape[1]
         refine = b.as_dict()
         present_arr = np.asarray(present, np.float32)
         refine["loss_mask"] = refine["loss_mask"] * present_arr[:, None].astype(refine["loss_mask"].dtype)
