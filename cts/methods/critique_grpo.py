@@ -181,6 +181,11 @@ def critique_grpo_loss(logp_on: jax.Array, old_on: jax.Array | None, ref_on: jax
 class CritiqueGRPOMethod(GRPOMethod):
     Config = CritiqueGRPOConfig
 
+    def setup(self, data, loop, params, optimizer, log=print):
+        params, optimizer = super().setup(data, loop, params, optimizer, log)
+        self.refine_pad = 0  # the refinements' high-water padded length (build_batch)
+        return params, optimizer
+
     def build_batch(self, params, rng, key):
         r = self.rollouts(params, rng, key)
         batch, host = self.grpo_batch(params, r)
@@ -203,7 +208,7 @@ class CritiqueGRPOMethod(GRPOMethod):
         # the refinements' lengths are known only per step: pad to the longest bucket seen so far (shapes only
         # grow: a few compiles a run); max_len = 768 made the B6 update 2.3× this (bench/bench_hot_paths.py)
         b = make_batch(self.runtime.tok, prompts, revisions, self.runtime.model_cfg.max_len,
-                       min_pad=getattr(self, "refine_pad", 0))
+                       min_pad=self.refine_pad)
         self.refine_pad = b.tokens.shape[1]
         refine = b.as_dict()
         present_arr = np.asarray(present, np.float32)
