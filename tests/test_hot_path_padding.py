@@ -146,3 +146,28 @@ def test_a6_online_critique_batches_are_padded_to_their_steps_bucket_not_max_len
     again = method.make_cts_batch(np.random.default_rng(2), data.quadruples)
     assert again["crit"]["tokens"].shape[1] == up
     assert again["att"]["tokens"].shape[1] == cts["att"]["tokens"].shape[1]
+
+
+def test_training_rollouts_sample_in_chunks_of_sampler_batch_size_and_greedy_does_not_depend_on_it():
+    from cts.methods.base import TrainData
+    from cts.methods.grpo import GRPOMethod, GRPOMethodConfig
+    from cts.losses.grpo import GRPOConfig
+    from cts.tasks.synthetic import generate_synth_math
+    from cts.train.loop import LoopConfig, make_optimizer
+
+    runtime = _runtime(256)
+    problems = generate_synth_math(8, [2], 0)
+    greedy = [runtime.generate(runtime.init_params, [p.prompt for p in problems], jax.random.key(0),
+                               max_new_tokens=12, batch_size=b, greedy=True) for b in (3, 8)]
+    assert greedy[0] == greedy[1]
+    loop = LoopConfig(steps=1, prompts_per_step=4, group_size=2, max_new_tokens=12, sampler_batch_size=3)
+    method = GRPOMethod(GRPOMethodConfig(reward="verifier", grpo=GRPOConfig(num_generations=2)), runtime)
+    params, _ = method.setup(TrainData(problems=problems), loop, {"policy": runtime.init_params},
+                             make_optimizer(loop), log=lambda m: None)
+    sizes, build = [], runtime.sampler
+    runtime.sampler = lambda b, *a, **k: (sizes.append(b), build(b, *a, **k))[1]
+    try:
+        r = method.rollouts(params, np.random.default_rng(0), jax.random.key(0))
+    finally:
+        del runtime.sampler
+    assert sizes == [3] and len(r.completions) == 8
