@@ -91,7 +91,8 @@ def bench_sft(args, runtime, data):
 
     loop = L.LoopConfig(steps=1200, prompts_per_step=32, learning_rate=3e-3, warmup_steps=30)
     res = {}
-    for name, cfg in (("before (one pad)", SFTConfig()), ("after (per batch)", SFTConfig(pad_multiple=BASE_PAD_MULTIPLE))):
+    for name, cfg in (("before (one pad)", SFTConfig()),
+                      ("after (per batch)", SFTConfig(pad_multiple=BASE_PAD_MULTIPLE))):
         m = SFTMethod(cfg, runtime)
         params, opt = m.setup(data, loop, {"policy": runtime.init_params}, L.make_optimizer(loop), log=lambda s: None)
         fn = L.make_train_step(m, opt)
@@ -167,9 +168,10 @@ def bench_updates(args, runtime, data):
     a6 = CTSMethod(CTSMethodConfig.from_cell({**cell, "cts": {**CTS, "online_critique": True}}), runtime)
     a6.setup(data, loop, {"policy": params0}, L.make_optimizer(loop), log=lambda s: None)
     cts6 = a6.make_cts_batch(np.random.default_rng(0), data.quadruples[:64])
-    print("  A6 cts T (att, rev, crit, dec) = " + ", ".join(str(cts6[k]["tokens"].shape[1]) for k in ("att", "rev", "crit", "dec"))
+    parts = ("att", "rev", "crit", "dec")
+    print("  A6 cts T (att, rev, crit, dec) = " + ", ".join(str(cts6[k]["tokens"].shape[1]) for k in parts)
           + f" (was {max_len} each); B5's offline pads: "
-          + ", ".join(str(cts5[k]["tokens"].shape[1]) for k in ("att", "rev", "crit", "dec")))
+          + ", ".join(str(cts5[k]["tokens"].shape[1]) for k in parts))
     out["A6 before"] = update_ms(a6, {**grpo_only, "cts": repad(cts6, max_len, pad_id)})
     out["A6 after"] = update_ms(a6, {**grpo_only, "cts": cts6})
     b3 = out["B3"]
