@@ -183,8 +183,7 @@ class CritiqueGRPOMethod(GRPOMethod):
 
     def setup(self, data, loop, params, optimizer, log=print):
         params, optimizer = super().setup(data, loop, params, optimizer, log)
-        # refinements are the teacher's, their lengths known only per step: pad to the model's limit
-        self.refine_pad = self.runtime.model_cfg.max_len
+        self.refine_pad = 0  # the refinements' high-water padded length (build_batch)
         return params, optimizer
 
     def build_batch(self, params, rng, key):
@@ -206,7 +205,11 @@ class CritiqueGRPOMethod(GRPOMethod):
                 present.append(float(i is not None))
                 if i is not None:
                     chosen_correct.append(verdicts[i].correct)
-        b = make_batch(self.runtime.tok, prompts, revisions, self.runtime.model_cfg.max_len, pad_to=self.refine_pad)
+        # the refinements' lengths are known only per step: pad to the longest bucket seen so far (shapes only
+        # grow: a few compiles a run); max_len = 768 made the B6 update 2.3× this (bench/bench_hot_paths.py)
+        b = make_batch(self.runtime.tok, prompts, revisions, self.runtime.model_cfg.max_len,
+                       min_pad=self.refine_pad)
+        self.refine_pad = b.tokens.shape[1]
         refine = b.as_dict()
         present_arr = np.asarray(present, np.float32)
         refine["loss_mask"] = refine["loss_mask"] * present_arr[:, None].astype(refine["loss_mask"].dtype)

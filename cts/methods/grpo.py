@@ -126,7 +126,8 @@ class GRPOMethod(Method):
         t0 = time.perf_counter()
         completions, ids, finished = self.runtime.generate(
             params["policy"], [p.prompt for p in problems], key, max_new_tokens=loop.max_new_tokens,
-            batch_size=len(problems), temperature=loop.temperature, top_p=loop.top_p, return_ids=True)
+            batch_size=min(loop.sampler_batch_size, len(problems)),  # rows per sampler call (train.sampler_batch_size)
+            temperature=loop.temperature, top_p=loop.top_p, return_ids=True)
         sample_s = time.perf_counter() - t0
         verdicts = map_once(verify_many, list(zip(problems, completions)))  # each completion verified once across processes
         return Rollouts(problems, completions, ids, finished, verdicts, sample_s)

@@ -16,7 +16,19 @@ __all__ = ["SFTConfig", "SFTMethod"]
 @dataclass(frozen=True, kw_only=True)
 class SFTConfig(MethodConfig):
     """SFT has no hyperparameters of its own: the data (TrainData.sft_pairs) and the shared budget
-    (LoopConfig: steps, batch, learning rate) define it."""
+    (LoopConfig: steps, batch, learning rate) define it.
+
+    pad_multiple is layout only (the loss is the same, padding is masked): None pads every batch to
+    the data's longest pair (one compiled shape: what a 30-step cell wants); k pads each batch to its
+    own longest row rounded up to a multiple of k (≤ max_len / k shapes: the 1200-step base SFT, whose
+    batches average 221 of 256 chars on synth_math, 184 on synth_code)."""
+
+    pad_multiple: int | None = None
+
+    def __post_init__(self):
+        k = self.pad_multiple
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"SFTConfig.pad_multiple must be None or an int >= 1, got {k!r}")
 
     @classmethod
     def from_cell(cls, cell: dict) -> "SFTConfig":
@@ -32,14 +44,15 @@ class SFTMethod(Method):
         params, optimizer = super().setup(data, loop, params, optimizer, log)
         if not data.sft_pairs:
             raise ValueError("no SFT pairs to train on (check the teacher and split outputs)")
-        self.pad_to = pad_length(self.runtime, data.sft_pairs)
+        # one pad for the run, or (pad_multiple) each batch's own longest row, bucketed
+        self.pad_to = pad_length(self.runtime, data.sft_pairs) if self.config.pad_multiple is None else None
         return params, optimizer
 
     def build_batch(self, params, rng, key):
         idx = draw(rng, len(self.data.sft_pairs), self.loop.prompts_per_step, "SFT pairs")
         pairs = [self.data.sft_pairs[i] for i in idx]
         b = make_batch(self.runtime.tok, [p for p, _ in pairs], [r for _, r in pairs],
-                       self.runtime.model_cfg.max_len, pad_to=self.pad_to)
+                       self.runtime.model_cfg.max_len, pad_to=self.pad_to, multiple=self.config.pad_multiple or 64)
         return {"sft": b.as_dict()}, {}
 
     def loss(self, params, ref_params, batch):

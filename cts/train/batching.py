@@ -4,7 +4,7 @@ A sequence is `BOS prompt \\n response EOS` (or the tokenizer's `encode_prompt(p
 instruct model's chat turn, then `response EOS`). The loss mask covers the response and its EOS. Step
 maps give, for each response token, the index of the reasoning step it belongs to (−1 outside
 any step), so the CTS trajectory can pool tokens into steps and α can localise the flagged step.
-Batches are right-padded to a length bucket (multiple of 64) so a run compiles a few shapes only.
+Batches are right-padded to a length bucket (a multiple of 64 unless told) so a run compiles a few shapes only.
 """
 
 from __future__ import annotations
@@ -55,11 +55,14 @@ def make_batch(tok: Tokenizer, prompts: Sequence[str], responses: Sequence[str],
                flag_spans: Sequence[tuple[int, int] | None] | None = None,
                pad_to: int | None = None, rows: int | None = None,
                response_ids: Sequence[Sequence[int]] | None = None,
-               finished: Sequence[bool] | None = None) -> TokenBatch:
+               finished: Sequence[bool] | None = None, multiple: int = 64, min_pad: int = 0) -> TokenBatch:
     """Tokenize (prompt, response) pairs; spans are char spans inside each response.
 
     For sampled responses pass `response_ids` (the sampled ids, used as they are) and `finished`
-    (EOS is appended only to responses that ended with it).
+    (EOS is appended only to responses that ended with it). Without `pad_to` the batch is padded to
+    its own longest row rounded up to `multiple` (≤ max_len / multiple shapes in a run), and to at least
+    `min_pad` (a high-water mark: pass the last batch's length and a stream's shapes only grow, so
+    a run compiles a handful of shapes, not one per step).
 
     Raises ValueError naming the row if a sequence does not fit in `max_len`.
     """
@@ -89,7 +92,7 @@ def make_batch(tok: Tokenizer, prompts: Sequence[str], responses: Sequence[str],
             f[len(head) + a: len(head) + b] = 1.0
         flags.append(f)
     n_rows = rows or len(seqs)
-    T = pad_to or bucket_length(max(len(s) for s in seqs), max_len)
+    T = pad_to or max(min_pad, bucket_length(max(len(s) for s in seqs), max_len, multiple))
     out = TokenBatch(
         tokens=np.full((n_rows, T), tok.pad_id, np.int32),
         segment_ids=np.zeros((n_rows, T), np.int32),

@@ -201,8 +201,8 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
         def longest(pairs):
             return bucket_length(max(len(encode_prompt(tok, p)) + len(tok.encode(r)) + 1 for p, r in pairs), max_len)
 
-        if online or not failed:  # lengths are only known per step: pad to the model's limit
-            pads = dict(att=max_len, rev=max_len, crit=max_len, dec=max_len)
+        if online or not failed:  # lengths are only known per step: grow each to the longest bucket seen
+            pads = dict(att=None, rev=None, crit=None, dec=None)  # (a few compiles a run; 768 made A6's update 1.6×)
         else:
             pads = dict(att=longest([(q.prompt, q.attempt) for q in failed]),
                         rev=longest([(q.prompt, q.revision) for q in failed]),
@@ -210,22 +210,29 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
                         dec=longest([(format_decode_context(q.prompt, q.attempt, q.critique), q.revision)
                                      for q in failed]))
         n = method_cfg.batch_size
+        high_water = dict(att=0, rev=0, crit=0, dec=0)  # the training steps' padded lengths so far
 
-        def batch_of(qs, rows=None):
+        def batch_of(qs, rows=None, grow=False):
+            """grow (the training step's batches): pad per-step lengths to at least the high-water mark."""
+            low = high_water if grow else dict(att=0, rev=0, crit=0, dec=0)
             ks = [kind_of(q) for q in qs]
             att = make_batch(tok, [q.prompt for q in qs], [q.attempt for q in qs], max_len, pad_to=pads["att"],
+                             min_pad=low["att"],
                              step_spans=[trajectory_steps(k, q.attempt) for k, q in zip(ks, qs)],
                              flag_spans=[_attempt_flag(q) for q in qs], rows=rows)
             rev = make_batch(tok, [q.prompt for q in qs], [q.revision for q in qs], max_len, pad_to=pads["rev"],
+                             min_pad=low["rev"],
                              step_spans=[trajectory_steps(k, q.revision) for k, q in zip(ks, qs)],
                              flag_spans=[_revision_flag(k, q) for k, q in zip(ks, qs)], rows=rows)
             att.step_ids = _flags_get_steps(att.step_ids, att.flag, att.loss_mask)
             rev.step_ids = _flags_get_steps(rev.step_ids, rev.flag, rev.loss_mask)
             crit = make_batch(tok, [q.prompt for q in qs], [q.critique for q in qs], max_len, pad_to=pads["crit"],
-                              rows=rows)
+                              min_pad=low["crit"], rows=rows)
             dec = make_batch(tok, [format_decode_context(q.prompt, q.attempt, q.critique) for q in qs],
-                             [q.revision for q in qs], max_len, pad_to=pads["dec"], rows=rows)
+                             [q.revision for q in qs], max_len, pad_to=pads["dec"], min_pad=low["dec"], rows=rows)
             out = {"att": att.as_dict(), "rev": rev.as_dict(), "crit": crit.as_dict(), "dec": dec.as_dict()}
+            if grow:
+                high_water.update({k: out[k]["tokens"].shape[1] for k in high_water})
             pad = (rows or len(qs)) - len(qs)
             out["critique_ids"] = np.array([LABELS.index(q.error_type) if q.error_type in LABELS else 0
                                             for q in qs] + [0] * pad, np.int32)
@@ -241,7 +248,7 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
             if not pool:  # online and every rollout was right: reuse the offline critiques
                 pool = failed or [q for q in step_quads]
             idx = rng.choice(len(pool), size=n, replace=len(pool) < n)
-            return batch_of([pool[i] for i in idx])
+            return batch_of([pool[i] for i in idx], grow=True)
 
         # THE TERMS (unweighted) and their diagnostics
         def features(policy, b):
