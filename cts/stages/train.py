@@ -21,11 +21,6 @@ from cts.train.runtime import PolicyRuntime
 
 __all__ = ["clean_checkpoints", "train_base", "train_cell", "train_fingerprint"]
 
-# The base SFT pads each batch to its own longest row, rounded up to 32 (layout only: the loss is the
-# same to float32 rounding). Over 1200 steps this pays for its few extra compiles (≤ max_len/32 shapes):
-# batches average 221 chars on synth_math (224, not the data's 256) and 184 on synth_code (192).
-BASE_PAD_MULTIPLE = 32
-
 
 def train_base(task: str, train_path: str, model_cfg: dict, tokenizer: str, base_cfg: dict,
                ckpt_root: str, out_final: str, log=print, monitor: dict | None = None,
@@ -51,7 +46,7 @@ def train_base(task: str, train_path: str, model_cfg: dict, tokenizer: str, base
                           checkpoint_every=max(1, base_cfg["steps"] // 4), seed=base_cfg["seed"],
                           **_monitor_fields(monitor))
         params, rows = train(runtime=runtime, init_params=init_params, ref_params=None,
-                             method=SFTMethod(SFTConfig(pad_multiple=BASE_PAD_MULTIPLE), runtime),
+                             method=SFTMethod(SFTConfig(), runtime),
                              data=TrainData(sft_pairs=pairs), loop=loop,
                              ckpt_dir=ckpt_dir, log=log)
         params = params["policy"]
