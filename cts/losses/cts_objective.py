@@ -43,6 +43,7 @@ __all__ = [
     "cts_total",
     "critique_embedding",
     "decode_template_hash",
+    "edit_alignment",
     "edit_direction",
     "energy_loss",
     "term_weights",
@@ -98,6 +99,10 @@ class CTSConfig:
       energy_correct_steps: L_E also ranks the flagged step above the trajectory's correct steps
         (the attempt's steps before the flag and the revision's other steps), not only above the
         revision's corrected step: more pairs for E_ψ to learn what a wrong step looks like.
+      energy_direction: weight of L_E's direction term 1 − cos(−∇_r E_ψ(r_att, e_f), r_rev − r_att):
+        the ranking term trains E_ψ to DETECT the flagged step, this one trains the descent
+        direction at it — the latent edit's direction there — to point at the revision's step.
+        0 = the pure ranking loss.
     """
 
     latent_dim: int | None = 64
@@ -118,6 +123,7 @@ class CTSConfig:
     online_critique: bool = False
     step_pool: str = "mean"
     energy_correct_steps: bool = False
+    energy_direction: float = 0.0
 
     def __post_init__(self):
         def bad(name, want):
@@ -142,7 +148,7 @@ class CTSConfig:
         if self.critique_embedding == "learned" and not (
                 isinstance(self.num_critique_ids, int) and self.num_critique_ids > 0):
             bad("num_critique_ids", "an int > 0 when critique_embedding='learned'")
-        for name in ("lam_align", "lam_decode", "lam_energy", "energy_margin"):
+        for name in ("lam_align", "lam_decode", "lam_energy", "energy_margin", "energy_direction"):
             if not getattr(self, name) >= 0:
                 bad(name, ">= 0")
         if self.step_pool not in STEP_POOLS:
@@ -433,6 +439,9 @@ def energy_loss(heads: CTSHeads, R_attempt_flagged: jax.Array, R_revision_flagge
     correct steps g of softplus(m + E_ψ(r_g, e_f) − E_ψ(r_att, e_f)): the flagged step ranks above
     every known-correct step of its trajectory too (`CTSConfig.energy_correct_steps`).
 
+    With cfg.energy_direction = λ_dir > 0 each row adds λ_dir · (1 − cos(−∇_r E_ψ(r_att, e_f), r_rev − r_att))
+    (`edit_alignment`): the edit's direction at the flagged step, trained to point at the revision's.
+
     Pushes E low on the revision's corrected step and high on the attempt's flagged step, with
     margin m = energy_margin. The latents are stop-gradiented: only ψ is trained by L_E (in B5);
     `latent_grad=True` lets the gradient through to the latents (the critic warm-up's P_φ fit).
@@ -460,6 +469,11 @@ def energy_loss(heads: CTSHeads, R_attempt_flagged: jax.Array, R_revision_flagge
         e_ok = heads.energy(sg(R_correct), e_f[:, None, :])  # (B, G)
         ranked = jax.nn.softplus(cfg.energy_margin + e_ok - e_att[:, None])  # (B, G)
         per_row = per_row + jnp.sum(gm * ranked, axis=1) / jnp.maximum(jnp.sum(gm, axis=1), 1.0)
+    direction = {}
+    if cfg.energy_direction > 0:
+        cos = edit_alignment(heads, sg(R_attempt_flagged), sg(R_revision_flagged), e_f)  # (B,)
+        per_row = per_row + cfg.energy_direction * (1.0 - cos)
+        direction = {"_cos": cos}
     denom = jnp.maximum(jnp.sum(w), 1.0)
 
     def wmean(v):
@@ -472,7 +486,24 @@ def energy_loss(heads: CTSHeads, R_attempt_flagged: jax.Array, R_revision_flagge
         "energy/gap": wmean(e_att - e_rev),
         "energy/acc": wmean((e_att > e_rev).astype(jnp.float32)),
     }
+    if direction:
+        metrics["energy/direction_cos"] = wmean(direction["_cos"])
     return loss, metrics
+
+
+def edit_alignment(heads: CTSHeads, r_att: jax.Array, r_rev: jax.Array, e_f: jax.Array) -> jax.Array:
+    """cos(−∇_r E_ψ(r_att, e_f), r_rev − r_att) per row: r_att, r_rev [B, d], e_f [B, D_c] -> [B].
+
+    The direction a gradient edit moves the flagged step in (at K = 1 the edit there is
+    −η α_t ∇E_ψ, whatever η and α), against the attempt → revision direction. Differentiable in ψ
+    (a second derivative of E_ψ) and in the latents; 0 where either vector is 0.
+    """
+    grad_r = jax.grad(lambda r: jnp.sum(heads.energy(r, e_f)))(r_att)  # (B, d); rows independent
+    target = r_rev - r_att  # (B, d)
+    tiny = jnp.asarray(1e-12, r_att.dtype)
+    dot = -jnp.sum(grad_r * target, axis=-1)
+    norms = jnp.sqrt(jnp.sum(grad_r ** 2, axis=-1) + tiny) * jnp.sqrt(jnp.sum(target ** 2, axis=-1) + tiny)
+    return dot / norms
 
 
 # ----------------------------------------------------------------------------------------------
