@@ -362,11 +362,12 @@ def test_energy_loss_direction_term_handcomputed():
         CTSConfig(energy_direction=-1.0)
 
 
-def test_direction_term_gradient_matches_finite_differences_float64(x64):
+@pytest.mark.parametrize("form", ["mlp", "well"])
+def test_direction_term_gradient_matches_finite_differences_float64(x64, form):
     """B5's L_E with the direction term (a second derivative of E_ψ) w.r.t. ψ, through cts_loss."""
     from jax.test_util import check_grads
 
-    cfg = _cfg(trajectory="step", energy_direction=0.5, energy_correct_steps=True)
+    cfg = _cfg(trajectory="step", energy_direction=0.5, energy_correct_steps=True, energy_form=form)
     b = {k: (v.astype(jnp.float64) if v.dtype == jnp.float32 else v) for k, v in _batch(6).items()}
     graphdef, state = nnx.split(CTSHeads(D, DC, cfg, rngs=nnx.Rngs(2)))
     state = jax.tree.map(lambda x: x.astype(jnp.float64), state)
@@ -427,3 +428,27 @@ def test_direction_term_aims_the_held_out_edit_where_ranking_alone_does_not():
     acc_dir, cos_dir = fitted(1.0)
     assert acc_rank >= 0.9 and acc_dir >= 0.9, (acc_rank, acc_dir)
     assert cos_dir > 0.5 and cos_dir > cos_rank + 0.2, (cos_rank, cos_dir)
+
+
+def test_well_energy_is_half_the_squared_distance_to_a_learned_point_and_the_edit_moves_toward_it():
+    cfg = _cfg(energy_form="well", trajectory="step", edit_steps=1, eta=0.3)
+    heads = _heads(cfg)
+    rng = np.random.default_rng(7)
+    r = jnp.asarray(rng.normal(size=(B, 4)), jnp.float32)
+    e = jnp.asarray(rng.normal(size=(B, DC)), jnp.float32)
+    c = np.asarray(e, np.float64) @ np.asarray(heads.critique_proj.kernel.value, np.float64)  # (B, d)
+    hid = np.tanh(c @ np.asarray(heads.energy_in.kernel.value) + np.asarray(heads.energy_in.bias.value))
+    g = hid @ np.asarray(heads.energy_out.kernel.value) + np.asarray(heads.energy_out.bias.value)  # (B, d)
+    np.testing.assert_allclose(np.asarray(heads.energy(r, e)), 0.5 * np.sum((np.asarray(r) - g) ** 2, -1),
+                               rtol=1e-5)
+    b = _batch(2)
+    R, _, _ = trajectory(heads, b["hidden"], b["mask"], b["step_ids"], cfg)
+    alpha = localisation_weights(b["flag"], b["mask"], b["step_ids"], cfg)
+    R_star = latent_edit(heads, R, alpha, b["critique"], cfg)
+    c = np.asarray(b["critique"], np.float64) @ np.asarray(heads.critique_proj.kernel.value, np.float64)
+    g = (np.tanh(c @ np.asarray(heads.energy_in.kernel.value) + np.asarray(heads.energy_in.bias.value))
+         @ np.asarray(heads.energy_out.kernel.value) + np.asarray(heads.energy_out.bias.value))  # (B, d)
+    want = np.asarray(R) - 0.3 * np.asarray(alpha)[..., None] * (np.asarray(R) - g[:, None, :])
+    np.testing.assert_allclose(np.asarray(R_star), want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="energy_form"):
+        CTSConfig(energy_form="bowl")

@@ -62,6 +62,7 @@ __all__ = [
 TRAJECTORY_LEVELS = ("token", "step")
 CRITIQUE_EMBEDDINGS = ("pooled", "learned")
 STEP_POOLS = ("mean", "last", "mean_last")
+ENERGY_FORMS = ("mlp", "well")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +104,9 @@ class CTSConfig:
         the ranking term trains E_ψ to DETECT the flagged step, this one trains the descent
         direction at it — the latent edit's direction there — to point at the revision's step.
         0 = the pure ranking loss.
+      energy_form: "mlp", E_ψ(r, e_f) = tanh-MLP([r; W e_f]) → scalar; or "well", a quadratic well
+        E_ψ(r, e_f) = ½‖r − g_ψ(e_f)‖² around a learned point g_ψ(e_f) = V tanh(U W e_f + b) + c:
+        its descent direction at any step is g_ψ(e_f) − r, a move toward what the critique asks for.
     """
 
     latent_dim: int | None = 64
@@ -124,6 +128,7 @@ class CTSConfig:
     step_pool: str = "mean"
     energy_correct_steps: bool = False
     energy_direction: float = 0.0
+    energy_form: str = "mlp"
 
     def __post_init__(self):
         def bad(name, want):
@@ -151,6 +156,8 @@ class CTSConfig:
         for name in ("lam_align", "lam_decode", "lam_energy", "energy_margin", "energy_direction"):
             if not getattr(self, name) >= 0:
                 bad(name, ">= 0")
+        if self.energy_form not in ENERGY_FORMS:
+            bad("energy_form", f"one of {ENERGY_FORMS}")
         if self.step_pool not in STEP_POOLS:
             bad("step_pool", f"one of {STEP_POOLS}")
         for name in ("energy_freeze", "online_critique", "energy_correct_steps"):
@@ -168,7 +175,8 @@ class CTSConfig:
 # ----------------------------------------------------------------------------------------------
 
 class CTSHeads(nnx.Module):
-    """P_φ (optional D→d linear), E_ψ (MLP on [r_t, W e_f] → scalar), optional critique table.
+    """P_φ (optional D→d linear), E_ψ (MLP on [r_t, W e_f] → scalar, or a quadratic well around a
+    learned function of W e_f: cfg.energy_form), optional critique table.
 
     Args:
       hidden_dim: D, the policy's hidden size (P_φ's input is 2D with step_pool "mean_last").
@@ -183,8 +191,10 @@ class CTSHeads(nnx.Module):
         self.latent_dim = d
         self.project = None if cfg.latent_dim is None else nnx.Linear(feature_dim, d, rngs=rngs)  # P_φ
         self.critique_proj = nnx.Linear(critique_dim, d, use_bias=False, rngs=rngs)  # W (part of ψ)
-        self.energy_in = nnx.Linear(2 * d, cfg.energy_hidden, rngs=rngs)  # E_ψ layer 1
-        self.energy_out = nnx.Linear(cfg.energy_hidden, 1, rngs=rngs)  # E_ψ layer 2
+        self.well = cfg.energy_form == "well"
+        # E_ψ's two layers: on [r; W e_f] -> a scalar (mlp), or on W e_f -> the well's centre g_ψ [d] (well)
+        self.energy_in = nnx.Linear(d if self.well else 2 * d, cfg.energy_hidden, rngs=rngs)
+        self.energy_out = nnx.Linear(cfg.energy_hidden, d if self.well else 1, rngs=rngs)
         self.critique_table = (
             nnx.Embed(cfg.num_critique_ids, critique_dim, rngs=rngs)
             if cfg.critique_embedding == "learned" else None)
@@ -199,6 +209,9 @@ class CTSHeads(nnx.Module):
         Smooth (tanh) so that ∇_r E, which drives the edit, is not piecewise constant.
         """
         c = self.critique_proj(e_f)  # (..., d)
+        if self.well:  # ½‖r − g_ψ(e_f)‖², g_ψ(e_f) = V tanh(U c + b) + v₀
+            centre = self.energy_out(jnp.tanh(self.energy_in(c)))  # (..., d)
+            return 0.5 * jnp.sum((r - centre) ** 2, axis=-1)
         c = jnp.broadcast_to(c, r.shape)
         h = jnp.tanh(self.energy_in(jnp.concatenate([r, c], axis=-1)))  # (..., H)
         return self.energy_out(h)[..., 0]

@@ -43,7 +43,7 @@ import optax
 from flax import nnx
 
 from cts.answer_format import LABELS, format_decode_context, trajectory_steps
-from cts.losses.cts_objective import (STEP_POOLS, CTSConfig, CTSHeads, correct_step_mask, critique_embedding,
+from cts.losses.cts_objective import (ENERGY_FORMS, STEP_POOLS, CTSConfig, CTSHeads, correct_step_mask, critique_embedding,
                                       cts_loss, cts_total, energy_loss, flagged_feature, localisation_weights,
                                       step_features, term_weights)
 from cts.losses.sft import sft_loss
@@ -79,6 +79,8 @@ class CriticConfig:
       direction_weight: weight of L_E's direction term (warm-up and B5), 1 − cos(−∇_r E_ψ(r_att, e_f),
         r_rev − r_att) on the fitted quadruples: trains the edit's direction, not only the ranking
         (CTSConfig.energy_direction); 0 = ranking only.
+      energy_form: E_ψ's form, "mlp" (a scalar MLP of [r; W e_f]) or "well" (½‖r − g_ψ(e_f)‖², the
+        edit moves the flagged step toward a learned point) (CTSConfig.energy_form).
     """
 
     warmup_steps: int = 1000  # the defaults are workflow_config.yaml's, where each has its reason
@@ -89,6 +91,7 @@ class CriticConfig:
     step_pool: str = "mean"
     correct_steps: bool = False
     direction_weight: float = 0.0
+    energy_form: str = "mlp"
 
     def __post_init__(self):
         if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
@@ -108,6 +111,8 @@ class CriticConfig:
         if isinstance(self.direction_weight, bool) or not (isinstance(self.direction_weight, (int, float))
                                                            and self.direction_weight >= 0):
             raise ValueError(f"cts.critic.direction_weight must be a number >= 0, got {self.direction_weight!r}")
+        if self.energy_form not in ENERGY_FORMS:
+            raise ValueError(f"cts.critic.energy_form must be one of {ENERGY_FORMS}, got {self.energy_form!r}")
 
 
 # ----------------------------------------------------------------------------- step maps, flags
@@ -352,7 +357,8 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
             "config": {"warmup_steps": critic.warmup_steps, "learning_rate": critic.learning_rate,
                        "dev_fraction": critic.dev_fraction, "min_dev_pair_accuracy": critic.min_dev_pair_accuracy,
                        "fit_projection": critic.fit_projection, "step_pool": critic.step_pool,
-                       "correct_steps": critic.correct_steps, "direction_weight": critic.direction_weight},
+                       "correct_steps": critic.correct_steps, "direction_weight": critic.direction_weight,
+                       "energy_form": critic.energy_form},
             "n_failed": len(failed), "n_unlocalised": len(unlocalised), "n_fit": len(fit), "n_dev": len(dev),
             "dev_before_warmup": before, "dev_after_warmup": after, "dev_pair_accuracy": after["pair_accuracy"],
             "warmup_s": time.perf_counter() - t0,
