@@ -89,8 +89,8 @@ class CriticConfig:
     min_dev_pair_accuracy: float = 0.8
     fit_projection: bool = False
     step_pool: str = "mean"
-    correct_steps: bool = False
-    direction_weight: float = 0.0
+    correct_steps: bool = True
+    direction_weight: float = 0.03
     energy_form: str = "mlp"
 
     def __post_init__(self):
