@@ -20,7 +20,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 def main(state_dir: str, step: str, out: str, task: str = "synth_math", config_path: str = "workflow_config.yaml"):
     import yaml
 
-    from cts.stages import _write_final, taxonomy_tag, teacher_critique, teacher_rollouts
+    from cts.stages.taxonomy import taxonomy_tag
+    from cts.stages.teacher import teacher_critique, teacher_rollouts
+    from cts.train.artifacts import write_final
     from cts.train.checkpoint import CheckpointStore
     from cts.train.loop import LoopConfig, make_optimizer
     from cts.train.runtime import PolicyRuntime
@@ -34,7 +36,7 @@ def main(state_dir: str, step: str, out: str, task: str = "synth_math", config_p
     state = CheckpointStore(state_dir).restore(int(step), {"params": params, "opt_state": opt.init(params)})
     final = f"{out}/base/{task}/final.json"
     os.makedirs(os.path.dirname(final), exist_ok=True)
-    _write_final(final, ckpt_dir=f"work/proxy/{task}/base_step{step}", state_digest=f"proxy-step{step}",
+    write_final(final, ckpt_dir=f"work/proxy/{task}/base_step{step}", state_digest=f"proxy-step{step}",
                  params=state["params"]["policy"],
                  config={"task": task, "model": config["model"], "tokenizer": config["tokenizer"],
                          "base_policy": {**base, "proxy_of_step": int(step)}}, rows=[], inputs={})

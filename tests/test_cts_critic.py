@@ -138,8 +138,9 @@ def _setup(runtime, data, **cts):
     return method, (params, optimizer)
 
 
-@pytest.mark.parametrize("features", [dict(), dict(step_pool="last", correct_steps=True)],
-                         ids=["mean", "last+correct_steps"])
+@pytest.mark.parametrize("features", [dict(), dict(step_pool="last", correct_steps=True),
+                                      dict(direction_weight=1.0), dict(energy_form="well", direction_weight=1.0)],
+                         ids=["mean", "last+correct_steps", "mean+direction", "well+direction"])
 def test_warm_up_raises_held_out_pair_accuracy_from_chance_to_the_threshold(runtime, features):
     m, _ = _setup(runtime, _toy_data(), critic=dict(warmup_steps=200, learning_rate=3e-3, dev_fraction=0.3,
                                                     min_dev_pair_accuracy=0.9, **features))
@@ -149,6 +150,9 @@ def test_warm_up_raises_held_out_pair_accuracy_from_chance_to_the_threshold(runt
     before, after = w["dev_before_warmup"]["pair_accuracy"], w["dev_pair_accuracy"]
     assert before < 0.9 and after >= 0.9, (before, after)
     assert w["fit"]["loss_last"] < w["fit"]["loss_first"]
+    if features.get("direction_weight"):  # the direction term aims the held-out edit at the revision
+        cos = w["dev_after_warmup"]["edit_cos"]
+        assert cos["mean"] > w["dev_before_warmup"]["edit_cos"]["mean"] and cos["ci95"][0] > 0.3, cos
 
 
 def test_b5_refuses_to_start_with_an_untrained_critic(runtime):

@@ -324,3 +324,131 @@ def test_new_gradients_match_finite_differences_float64(x64):
     g_loop = jax.grad(lambda h: cts_loss(h0, h, b["mask"], b["step_ids"], b["flag"], b["critique"], b["hidden_rev"],
                                          b["mask_rev"], b["step_ids_rev"], b["flag_rev"], cfg)[0]["align"])(b["hidden"])
     np.testing.assert_allclose(np.asarray(g_loop), np.asarray(jax.grad(align)(b["hidden"])), rtol=1e-9, atol=1e-12)
+
+
+def _energy_grad_numpy(heads, r, e):
+    """∇_r E_ψ(r, e) by hand for the tanh MLP: E = w₂·tanh(W₁[r; W_c e] + b₁) + b₂ -> [B, d]."""
+    W1 = np.asarray(heads.energy_in.kernel.value, np.float64)  # (2d, H)
+    b1 = np.asarray(heads.energy_in.bias.value, np.float64)
+    w2 = np.asarray(heads.energy_out.kernel.value, np.float64)[:, 0]  # (H,)
+    Wc = np.asarray(heads.critique_proj.kernel.value, np.float64)  # (D_c, d)
+    r, e = np.asarray(r, np.float64), np.asarray(e, np.float64)
+    d = r.shape[-1]
+    pre = np.concatenate([r, e @ Wc], axis=-1) @ W1 + b1  # (B, H)
+    return ((1.0 - np.tanh(pre) ** 2) * w2) @ W1[:d].T  # (B, d)
+
+
+def test_energy_loss_direction_term_handcomputed():
+    """L_E + λ_dir (1 − cos(−∇_r E(r_att), r_rev − r_att)), the gradient of E written out by hand."""
+    from cts.losses.cts_objective import edit_alignment
+
+    rng = np.random.default_rng(5)
+    ra, rr = (jnp.asarray(rng.normal(size=(B, 4)), jnp.float32) for _ in range(2))
+    e = jnp.asarray(rng.normal(size=(B, DC)), jnp.float32)
+    cfg = _cfg(energy_margin=0.5, energy_direction=0.7)
+    heads = _heads(cfg)
+    g = _energy_grad_numpy(heads, ra, e)
+    t = np.asarray(rr - ra, np.float64)
+    cos = -np.sum(g * t, -1) / (np.linalg.norm(g, axis=-1) * np.linalg.norm(t, axis=-1))
+    np.testing.assert_allclose(np.asarray(edit_alignment(heads, ra, rr, e)), cos, rtol=1e-4, atol=1e-6)
+    rows = jnp.array([1.0, 1.0, 0.0])
+    loss, m = energy_loss(heads, ra, rr, e, cfg, row_mask=rows)
+    rank, _ = energy_loss(heads, ra, rr, e, cfg.replace(energy_direction=0.0), row_mask=rows)
+    np.testing.assert_allclose(float(loss), float(rank) + 0.7 * np.mean(1.0 - cos[:2]), rtol=1e-5)
+    np.testing.assert_allclose(float(m["energy/direction_cos"]), np.mean(cos[:2]), rtol=1e-4)
+    # still ψ only: the latents are stop-gradient in B5's L_E
+    np.testing.assert_array_equal(jax.grad(lambda a: energy_loss(heads, a, rr, e, cfg)[0])(ra), 0.0)
+    with pytest.raises(ValueError, match="energy_direction"):
+        CTSConfig(energy_direction=-1.0)
+
+
+@pytest.mark.parametrize("form", ["mlp", "well"])
+def test_direction_term_gradient_matches_finite_differences_float64(x64, form):
+    """B5's L_E with the direction term (a second derivative of E_ψ) w.r.t. ψ, through cts_loss."""
+    from jax.test_util import check_grads
+
+    cfg = _cfg(trajectory="step", energy_direction=0.5, energy_correct_steps=True, energy_form=form)
+    b = {k: (v.astype(jnp.float64) if v.dtype == jnp.float32 else v) for k, v in _batch(6).items()}
+    graphdef, state = nnx.split(CTSHeads(D, DC, cfg, rngs=nnx.Rngs(2)))
+    state = jax.tree.map(lambda x: x.astype(jnp.float64), state)
+    psi = {k: v for k, v in state.items() if k != "project"}
+    phi = {k: v for k, v in state.items() if k == "project"}
+
+    def energy(psi):
+        h = nnx.merge(graphdef, nnx.State({**phi, **psi}))
+        t, m = cts_loss(h, b["hidden"], b["mask"], b["step_ids"], b["flag"], b["critique"], b["hidden_rev"],
+                        b["mask_rev"], b["step_ids_rev"], b["flag_rev"], cfg)
+        return t["energy"]
+
+    check_grads(energy, (psi,), order=1, modes=["rev"], eps=1e-6)
+
+
+def test_direction_term_aims_the_held_out_edit_where_ranking_alone_does_not():
+    """A critic that learns the direction, measured on held-out rows. The correction r_rev − r_att
+    is a unit vector that is a fixed (unknown) linear function of the critique, in axes 1..3, plus a
+    small 'wrongness' offset −0.3 on axis 0 that is the same for every pair. Ranking alone ranks by
+    the offset (pair accuracy 1) and its gradient points along axis 0, not at the correction
+    (measured cos 0.32); the direction term also learns the critique-dependent part (0.64)."""
+    import optax
+
+    from cts.losses.cts_objective import edit_alignment
+
+    rng = np.random.default_rng(0)
+    d, n = 4, 96
+    e = rng.normal(size=(2 * n, DC))
+    u = np.zeros((2 * n, d))
+    u[:, 1:] = e @ rng.normal(size=(DC, d - 1))
+    u /= np.linalg.norm(u, axis=-1, keepdims=True)
+    ra = rng.normal(size=(2 * n, d))
+    ra[:, 0] = 0.0
+    rr = ra + u
+    ra[:, 0] += 0.3
+    ra, rr, e = (jnp.asarray(x, jnp.float32) for x in (ra, rr, e))
+    fit, held = slice(0, n), slice(n, 2 * n)
+
+    def fitted(weight):
+        cfg = CTSConfig(latent_dim=None, energy_hidden=32, energy_direction=weight)
+        graphdef, params = nnx.split(CTSHeads(d, DC, cfg, rngs=nnx.Rngs(0)))
+        opt = optax.adam(3e-3)
+        state = opt.init(params)
+
+        @jax.jit
+        def step(params, state):
+            g = jax.grad(lambda p: energy_loss(nnx.merge(graphdef, p), ra[fit], rr[fit], e[fit], cfg)[0])(params)
+            updates, state = opt.update(g, state, params)
+            return optax.apply_updates(params, updates), state
+
+        for _ in range(400):
+            params, state = step(params, state)
+        h = nnx.merge(graphdef, params)
+        acc = float(jnp.mean(h.energy(ra[held], e[held]) > h.energy(rr[held], e[held])))
+        return acc, float(jnp.mean(edit_alignment(h, ra[held], rr[held], e[held])))
+
+    acc_rank, cos_rank = fitted(0.0)
+    acc_dir, cos_dir = fitted(1.0)
+    assert acc_rank >= 0.9 and acc_dir >= 0.9, (acc_rank, acc_dir)
+    assert cos_dir > 0.5 and cos_dir > cos_rank + 0.2, (cos_rank, cos_dir)
+
+
+def test_well_energy_is_half_the_squared_distance_to_a_learned_point_and_the_edit_moves_toward_it():
+    cfg = _cfg(energy_form="well", trajectory="step", edit_steps=1, eta=0.3)
+    heads = _heads(cfg)
+    rng = np.random.default_rng(7)
+    r = jnp.asarray(rng.normal(size=(B, 4)), jnp.float32)
+    e = jnp.asarray(rng.normal(size=(B, DC)), jnp.float32)
+    c = np.asarray(e, np.float64) @ np.asarray(heads.critique_proj.kernel.value, np.float64)  # (B, d)
+    hid = np.tanh(c @ np.asarray(heads.energy_in.kernel.value) + np.asarray(heads.energy_in.bias.value))
+    g = hid @ np.asarray(heads.energy_out.kernel.value) + np.asarray(heads.energy_out.bias.value)  # (B, d)
+    np.testing.assert_allclose(np.asarray(heads.energy(r, e)), 0.5 * np.sum((np.asarray(r) - g) ** 2, -1),
+                               rtol=1e-5)
+    b = _batch(2)
+    R, _, _ = trajectory(heads, b["hidden"], b["mask"], b["step_ids"], cfg)
+    alpha = localisation_weights(b["flag"], b["mask"], b["step_ids"], cfg)
+    R_star = latent_edit(heads, R, alpha, b["critique"], cfg)
+    c = np.asarray(b["critique"], np.float64) @ np.asarray(heads.critique_proj.kernel.value, np.float64)
+    g = (np.tanh(c @ np.asarray(heads.energy_in.kernel.value) + np.asarray(heads.energy_in.bias.value))
+         @ np.asarray(heads.energy_out.kernel.value) + np.asarray(heads.energy_out.bias.value))  # (B, d)
+    want = np.asarray(R) - 0.3 * np.asarray(alpha)[..., None] * (np.asarray(R) - g[:, None, :])
+    np.testing.assert_allclose(np.asarray(R_star), want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="energy_form"):
+        CTSConfig(energy_form="bowl")

@@ -43,6 +43,7 @@ __all__ = [
     "cts_total",
     "critique_embedding",
     "decode_template_hash",
+    "edit_alignment",
     "edit_direction",
     "energy_loss",
     "term_weights",
@@ -61,6 +62,7 @@ __all__ = [
 TRAJECTORY_LEVELS = ("token", "step")
 CRITIQUE_EMBEDDINGS = ("pooled", "learned")
 STEP_POOLS = ("mean", "last", "mean_last")
+ENERGY_FORMS = ("mlp", "well")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +100,13 @@ class CTSConfig:
       energy_correct_steps: L_E also ranks the flagged step above the trajectory's correct steps
         (the attempt's steps before the flag and the revision's other steps), not only above the
         revision's corrected step: more pairs for E_ψ to learn what a wrong step looks like.
+      energy_direction: weight of L_E's direction term 1 − cos(−∇_r E_ψ(r_att, e_f), r_rev − r_att):
+        the ranking term trains E_ψ to DETECT the flagged step, this one trains the descent
+        direction at it — the latent edit's direction there — to point at the revision's step.
+        0 = the pure ranking loss.
+      energy_form: "mlp", E_ψ(r, e_f) = tanh-MLP([r; W e_f]) → scalar; or "well", a quadratic well
+        E_ψ(r, e_f) = ½‖r − g_ψ(e_f)‖² around a learned point g_ψ(e_f) = V tanh(U W e_f + b) + c:
+        its descent direction at any step is g_ψ(e_f) − r, a move toward what the critique asks for.
     """
 
     latent_dim: int | None = 64
@@ -118,6 +127,8 @@ class CTSConfig:
     online_critique: bool = False
     step_pool: str = "mean"
     energy_correct_steps: bool = False
+    energy_direction: float = 0.0
+    energy_form: str = "mlp"
 
     def __post_init__(self):
         def bad(name, want):
@@ -142,9 +153,11 @@ class CTSConfig:
         if self.critique_embedding == "learned" and not (
                 isinstance(self.num_critique_ids, int) and self.num_critique_ids > 0):
             bad("num_critique_ids", "an int > 0 when critique_embedding='learned'")
-        for name in ("lam_align", "lam_decode", "lam_energy", "energy_margin"):
+        for name in ("lam_align", "lam_decode", "lam_energy", "energy_margin", "energy_direction"):
             if not getattr(self, name) >= 0:
                 bad(name, ">= 0")
+        if self.energy_form not in ENERGY_FORMS:
+            bad("energy_form", f"one of {ENERGY_FORMS}")
         if self.step_pool not in STEP_POOLS:
             bad("step_pool", f"one of {STEP_POOLS}")
         for name in ("energy_freeze", "online_critique", "energy_correct_steps"):
@@ -162,7 +175,8 @@ class CTSConfig:
 # ----------------------------------------------------------------------------------------------
 
 class CTSHeads(nnx.Module):
-    """P_φ (optional D→d linear), E_ψ (MLP on [r_t, W e_f] → scalar), optional critique table.
+    """P_φ (optional D→d linear), E_ψ (MLP on [r_t, W e_f] → scalar, or a quadratic well around a
+    learned function of W e_f: cfg.energy_form), optional critique table.
 
     Args:
       hidden_dim: D, the policy's hidden size (P_φ's input is 2D with step_pool "mean_last").
@@ -177,8 +191,10 @@ class CTSHeads(nnx.Module):
         self.latent_dim = d
         self.project = None if cfg.latent_dim is None else nnx.Linear(feature_dim, d, rngs=rngs)  # P_φ
         self.critique_proj = nnx.Linear(critique_dim, d, use_bias=False, rngs=rngs)  # W (part of ψ)
-        self.energy_in = nnx.Linear(2 * d, cfg.energy_hidden, rngs=rngs)  # E_ψ layer 1
-        self.energy_out = nnx.Linear(cfg.energy_hidden, 1, rngs=rngs)  # E_ψ layer 2
+        self.well = cfg.energy_form == "well"
+        # E_ψ's two layers: on [r; W e_f] -> a scalar (mlp), or on W e_f -> the well's centre g_ψ [d] (well)
+        self.energy_in = nnx.Linear(d if self.well else 2 * d, cfg.energy_hidden, rngs=rngs)
+        self.energy_out = nnx.Linear(cfg.energy_hidden, d if self.well else 1, rngs=rngs)
         self.critique_table = (
             nnx.Embed(cfg.num_critique_ids, critique_dim, rngs=rngs)
             if cfg.critique_embedding == "learned" else None)
@@ -193,6 +209,9 @@ class CTSHeads(nnx.Module):
         Smooth (tanh) so that ∇_r E, which drives the edit, is not piecewise constant.
         """
         c = self.critique_proj(e_f)  # (..., d)
+        if self.well:  # ½‖r − g_ψ(e_f)‖², g_ψ(e_f) = V tanh(U c + b) + v₀
+            centre = self.energy_out(jnp.tanh(self.energy_in(c)))  # (..., d)
+            return 0.5 * jnp.sum((r - centre) ** 2, axis=-1)
         c = jnp.broadcast_to(c, r.shape)
         h = jnp.tanh(self.energy_in(jnp.concatenate([r, c], axis=-1)))  # (..., H)
         return self.energy_out(h)[..., 0]
@@ -433,6 +452,9 @@ def energy_loss(heads: CTSHeads, R_attempt_flagged: jax.Array, R_revision_flagge
     correct steps g of softplus(m + E_ψ(r_g, e_f) − E_ψ(r_att, e_f)): the flagged step ranks above
     every known-correct step of its trajectory too (`CTSConfig.energy_correct_steps`).
 
+    With cfg.energy_direction = λ_dir > 0 each row adds λ_dir · (1 − cos(−∇_r E_ψ(r_att, e_f), r_rev − r_att))
+    (`edit_alignment`): the edit's direction at the flagged step, trained to point at the revision's.
+
     Pushes E low on the revision's corrected step and high on the attempt's flagged step, with
     margin m = energy_margin. The latents are stop-gradiented: only ψ is trained by L_E (in B5);
     `latent_grad=True` lets the gradient through to the latents (the critic warm-up's P_φ fit).
@@ -460,6 +482,11 @@ def energy_loss(heads: CTSHeads, R_attempt_flagged: jax.Array, R_revision_flagge
         e_ok = heads.energy(sg(R_correct), e_f[:, None, :])  # (B, G)
         ranked = jax.nn.softplus(cfg.energy_margin + e_ok - e_att[:, None])  # (B, G)
         per_row = per_row + jnp.sum(gm * ranked, axis=1) / jnp.maximum(jnp.sum(gm, axis=1), 1.0)
+    direction = {}
+    if cfg.energy_direction > 0:
+        cos = edit_alignment(heads, sg(R_attempt_flagged), sg(R_revision_flagged), e_f)  # (B,)
+        per_row = per_row + cfg.energy_direction * (1.0 - cos)
+        direction = {"_cos": cos}
     denom = jnp.maximum(jnp.sum(w), 1.0)
 
     def wmean(v):
@@ -472,7 +499,24 @@ def energy_loss(heads: CTSHeads, R_attempt_flagged: jax.Array, R_revision_flagge
         "energy/gap": wmean(e_att - e_rev),
         "energy/acc": wmean((e_att > e_rev).astype(jnp.float32)),
     }
+    if direction:
+        metrics["energy/direction_cos"] = wmean(direction["_cos"])
     return loss, metrics
+
+
+def edit_alignment(heads: CTSHeads, r_att: jax.Array, r_rev: jax.Array, e_f: jax.Array) -> jax.Array:
+    """cos(−∇_r E_ψ(r_att, e_f), r_rev − r_att) per row: r_att, r_rev [B, d], e_f [B, D_c] -> [B].
+
+    The direction a gradient edit moves the flagged step in (at K = 1 the edit there is
+    −η α_t ∇E_ψ, whatever η and α), against the attempt → revision direction. Differentiable in ψ
+    (a second derivative of E_ψ) and in the latents; 0 where either vector is 0.
+    """
+    grad_r = jax.grad(lambda r: jnp.sum(heads.energy(r, e_f)))(r_att)  # (B, d); rows independent
+    target = r_rev - r_att  # (B, d)
+    tiny = jnp.asarray(1e-12, r_att.dtype)
+    dot = -jnp.sum(grad_r * target, axis=-1)
+    norms = jnp.sqrt(jnp.sum(grad_r ** 2, axis=-1) + tiny) * jnp.sqrt(jnp.sum(target ** 2, axis=-1) + tiny)
+    return dot / norms
 
 
 # ----------------------------------------------------------------------------------------------

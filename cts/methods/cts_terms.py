@@ -62,6 +62,7 @@ class CTSMethodConfig(GRPOMethodConfig):
         # the critic's step feature is also the trajectory's and the edit's: one choice for all three
         terms = CTSConfig(**{k: d[k] for k in _TERM_KEYS if k in d},
                           step_pool=critic.step_pool, energy_correct_steps=critic.correct_steps,
+                          energy_direction=float(critic.direction_weight), energy_form=critic.energy_form,
                           num_critique_ids=len(LABELS) if d.get("critique_embedding") == "learned" else 0,
                           alignment=AlignmentConfig(**d.get("alignment", {})))
         extra = {"batch_size": d["cts_batch_size"]} if "cts_batch_size" in d else {}

@@ -43,7 +43,7 @@ import optax
 from flax import nnx
 
 from cts.answer_format import LABELS, format_decode_context, trajectory_steps
-from cts.losses.cts_objective import (STEP_POOLS, CTSConfig, CTSHeads, correct_step_mask, critique_embedding,
+from cts.losses.cts_objective import (ENERGY_FORMS, STEP_POOLS, CTSConfig, CTSHeads, correct_step_mask, critique_embedding,
                                       cts_loss, cts_total, energy_loss, flagged_feature, localisation_weights,
                                       step_features, term_weights)
 from cts.losses.sft import sft_loss
@@ -76,6 +76,11 @@ class CriticConfig:
         share it (CTSConfig.step_pool).
       correct_steps: L_E (warm-up and B5) also ranks the flagged step above the attempt's steps
         before it and the revision's other steps (CTSConfig.energy_correct_steps).
+      direction_weight: weight of L_E's direction term (warm-up and B5), 1 − cos(−∇_r E_ψ(r_att, e_f),
+        r_rev − r_att) on the fitted quadruples: trains the edit's direction, not only the ranking
+        (CTSConfig.energy_direction); 0 = ranking only.
+      energy_form: E_ψ's form, "mlp" (a scalar MLP of [r; W e_f]) or "well" (½‖r − g_ψ(e_f)‖², the
+        edit moves the flagged step toward a learned point) (CTSConfig.energy_form).
     """
 
     warmup_steps: int = 1000  # the defaults are workflow_config.yaml's, where each has its reason
@@ -84,7 +89,9 @@ class CriticConfig:
     min_dev_pair_accuracy: float = 0.8
     fit_projection: bool = False
     step_pool: str = "mean"
-    correct_steps: bool = False
+    correct_steps: bool = True
+    direction_weight: float = 0.03
+    energy_form: str = "mlp"
 
     def __post_init__(self):
         if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
@@ -101,6 +108,11 @@ class CriticConfig:
             raise ValueError(f"cts.critic.step_pool must be one of {STEP_POOLS}, got {self.step_pool!r}")
         if not isinstance(self.correct_steps, bool):
             raise ValueError(f"cts.critic.correct_steps must be a bool, got {self.correct_steps!r}")
+        if isinstance(self.direction_weight, bool) or not (isinstance(self.direction_weight, (int, float))
+                                                           and self.direction_weight >= 0):
+            raise ValueError(f"cts.critic.direction_weight must be a number >= 0, got {self.direction_weight!r}")
+        if self.energy_form not in ENERGY_FORMS:
+            raise ValueError(f"cts.critic.energy_form must be one of {ENERGY_FORMS}, got {self.energy_form!r}")
 
 
 # ----------------------------------------------------------------------------- step maps, flags
@@ -352,7 +364,8 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
             "config": {"warmup_steps": critic.warmup_steps, "learning_rate": critic.learning_rate,
                        "dev_fraction": critic.dev_fraction, "min_dev_pair_accuracy": critic.min_dev_pair_accuracy,
                        "fit_projection": critic.fit_projection, "step_pool": critic.step_pool,
-                       "correct_steps": critic.correct_steps},
+                       "correct_steps": critic.correct_steps, "direction_weight": critic.direction_weight,
+                       "energy_form": critic.energy_form},
             "n_failed": len(failed), "n_unlocalised": len(unlocalised), "n_fit": len(fit), "n_dev": len(dev),
             "dev_before_warmup": before, "dev_after_warmup": after, "dev_pair_accuracy": after["pair_accuracy"],
             "warmup_s": time.perf_counter() - t0,
@@ -419,18 +432,21 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
         def step(hp, state):
             (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(hp)
             updates, state = opt.update(g, state, hp)
-            return optax.apply_updates(hp, updates), state, loss, m["energy/acc"]
+            cos = m.get("energy/direction_cos", jnp.full((), jnp.nan))  # only with the direction term
+            return optax.apply_updates(hp, updates), state, loss, m["energy/acc"], cos
 
         hp = params["heads"]
         state = opt.init(hp)
         first = None
         for _ in range(critic.warmup_steps):
-            hp, state, loss, acc = step(hp, state)
+            hp, state, loss, acc, cos = step(hp, state)
             if first is None:
                 first = (float(loss), float(acc))
         params = {**params, "heads": hp}
         self.warmup["fit"] = {"steps": critic.warmup_steps, "loss_first": first[0], "loss_last": float(loss),
                               "fit_pair_accuracy_first": first[1], "fit_pair_accuracy_last": float(acc)}
+        if cfg.energy_direction > 0:  # the fitted rows' direction cosine (the held-out one is the gate's report)
+            self.warmup["fit"]["fit_direction_cos_last"] = float(cos)
         return params
 
     def report(self, params, rows: list[dict]) -> dict:
