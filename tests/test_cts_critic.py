@@ -160,9 +160,27 @@ def test_b5_refuses_to_start_with_an_untrained_critic(runtime):
 
     with pytest.raises(CriticGateError, match=r"pair accuracy after 0 warm-up steps is 0?\.\d+ on \d+ quadruples.*"
                                               r"cts\.critic\.min_dev_pair_accuracy = 0\.9"):
-        _setup(runtime, _toy_data(), critic=dict(warmup_steps=0, dev_fraction=0.3, min_dev_pair_accuracy=0.9))
+        _setup(runtime, _toy_data(), critic=dict(warmup_steps=0, dev_fraction=0.3, min_dev_pair_accuracy=0.9,
+                                                 min_dev_quadruples=5))
     with pytest.raises(ValueError, match="cts.critic.dev_fraction"):
         _setup(runtime, _toy_data(), critic=dict(dev_fraction=1.5))
+    with pytest.raises(ValueError, match="cts.critic.min_dev_quadruples"):
+        _setup(runtime, _toy_data(), critic=dict(min_dev_quadruples=-1))
+
+
+def test_b5_runs_and_records_an_unmeasured_gate_when_too_few_quadruples_are_held_out(runtime):
+    """A base that rarely fails (the default's synth_code base: 5 failed train attempts, 0 held out)
+    leaves nothing to measure the critic on: B5 runs, and final.json says the gate was not measured
+    and why, instead of the whole DAG stopping on an accuracy of None."""
+    few = _toy_data(n=6)
+    m, _ = _setup(runtime, few, critic=dict(warmup_steps=0, dev_fraction=0.3, min_dev_pair_accuracy=0.9,
+                                            min_dev_quadruples=20))
+    w = m.wiring.warmup
+    assert w["n_dev"] < 20
+    assert w["gate"].startswith("not measured") and "cts.critic.min_dev_quadruples = 20" in w["gate"], w["gate"]
+    m, _ = _setup(runtime, _toy_data(), critic=dict(warmup_steps=200, learning_rate=3e-3, dev_fraction=0.3,
+                                                    min_dev_pair_accuracy=0.9, min_dev_quadruples=5))
+    assert m.wiring.warmup["gate"].startswith("passed"), m.wiring.warmup["gate"]
 
 
 def _grpo_batch(runtime, data, G=2):
@@ -275,7 +293,7 @@ def test_table_section_shows_critic_accuracy_edit_cosine_and_differing_ablation_
     cell.mkdir(parents=True)
     (cell / "metrics.jsonl").write_text(json.dumps({"step": 0, "loss": 1.0}) + "\n")
     (cell / "final.json").write_text(json.dumps({
-        "critic": {"n_dev": 15, "n_failed": 77, "n_unlocalised": 2,
+        "critic": {"n_dev": 15, "n_failed": 77, "n_unlocalised": 2, "gate": "passed: 0.9333 >= 0.8 on 15",
                    "dev_before_warmup": {"pair_accuracy": 0.4},
                    "dev_after_warmup": {"pair_accuracy": 0.933, "edit_cos": {"mean": 0.41, "ci95": [0.3, 0.52], "n": 15},
                                         "edit_rel_mean": 0.2},
@@ -290,6 +308,6 @@ def test_table_section_shows_critic_accuracy_edit_cosine_and_differing_ablation_
         evals.append(str(p))
     md = "\n".join(cts_section([str(cell / "metrics.jsonl")], evals, reference="B5"))
     assert "| synth_math | B5 | seed0 | 0.400 → 0.933 → 0.900 (15) | 0.410 [0.300, 0.520] (15) |" in md
-    assert "0.250 / 0.500" in md and "2 of 77" in md
+    assert "0.250 / 0.500" in md and "2 of 77 | passed |" in md
     assert "| synth_math | B5-A2 | 0 | 1 of 3 |" in md
     assert cts_section([], []) == []

@@ -54,7 +54,8 @@ def _critic_rows(metrics_files: Sequence[str]) -> list[str]:
             f"[{_f(lo)}, {_f(hi)}] ({cos.get('n', 0)}) | {_f((end.get('edit_cos') or {}).get('mean'))} | "
             f"{_f(steps.get('cts/edit_cos'))} | {_f(after.get('edit_rel_mean'))} | "
             f"{_f(ratio('cts/grad_norm/align'))} / {_f(ratio('cts/grad_norm/decode'))} | "
-            f"{critic.get('n_unlocalised', 0)} of {critic.get('n_failed', 0)} |")
+            f"{critic.get('n_unlocalised', 0)} of {critic.get('n_failed', 0)} | "
+            f"{(critic.get('gate') or '—').split(':')[0]} |")
     return rows
 
 
@@ -90,11 +91,12 @@ def cts_section(metrics_files: Sequence[str], eval_files: Sequence[str] = (), re
                "Edit cosine: cos(R* − R, R_rev − R_att) at the flagged step on those quadruples after the "
                "warm-up [95% CI] (n), at the end, and the mean over training steps. Edit size: ‖R* − R‖ / ‖r‖ "
                "there. Gradient ratios: weighted θ-gradient norm of λ₁L_align and λ₂L_decode over L_GRPO's "
-               "(means over steps).",
+               "(means over steps). Gate: the B5 start check on held-out pair accuracy (cts.critic.min_dev_pair_accuracy; "
+               "'not measured' when fewer than cts.critic.min_dev_quadruples failed quadruples are held out).",
                "",
                "| Task | Cell | Seed | pair accuracy (n) | edit cos after warm-up [95% CI] (n) | edit cos at end | "
-               "edit cos, steps | edit size | align / decode grad ratio | unlocalised |",
-               "|---|---|---|---|---|---:|---:|---:|---|---|",
+               "edit cos, steps | edit size | align / decode grad ratio | unlocalised | gate |",
+               "|---|---|---|---|---|---:|---:|---:|---|---|---|",
                *critic]
     if differ:
         md += ["", f"Greedy test outputs of each ablation that differ from {reference}'s (same seed): 0 means the "

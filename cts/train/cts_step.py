@@ -69,6 +69,9 @@ class CriticConfig:
       dev_fraction: share of the failed train quadruples held out from the critic (by problem-id
         hash) to measure it.
       min_dev_pair_accuracy: B5 refuses to start when the held-out pair accuracy is below this.
+      min_dev_quadruples: below this many held-out quadruples the accuracy is not a measurement (a
+        base that rarely fails leaves almost none): B5 runs and final.json records the gate as
+        "not measured" with the count, so the table shows it instead of the DAG stopping.
       fit_projection: the warm-up also fits P_φ (the latent projection) on L_E; during B5 P_φ is
         trained by L_align only, as designed.
       step_pool: a step's feature — "mean" of its tokens' hidden states, the "last" token's, or
@@ -87,6 +90,7 @@ class CriticConfig:
     learning_rate: float = 3e-3
     dev_fraction: float = 0.2
     min_dev_pair_accuracy: float = 0.8
+    min_dev_quadruples: int = 20
     fit_projection: bool = False
     step_pool: str = "mean"
     correct_steps: bool = True
@@ -102,6 +106,9 @@ class CriticConfig:
             raise ValueError(f"cts.critic.dev_fraction must be in [0, 1), got {self.dev_fraction!r}")
         if not 0 <= self.min_dev_pair_accuracy <= 1:
             raise ValueError(f"cts.critic.min_dev_pair_accuracy must be in [0, 1], got {self.min_dev_pair_accuracy!r}")
+        if isinstance(self.min_dev_quadruples, bool) or not (isinstance(self.min_dev_quadruples, int)
+                                                             and self.min_dev_quadruples >= 0):
+            raise ValueError(f"cts.critic.min_dev_quadruples must be an int >= 0, got {self.min_dev_quadruples!r}")
         if not isinstance(self.fit_projection, bool):
             raise ValueError(f"cts.critic.fit_projection must be a bool, got {self.fit_projection!r}")
         if self.step_pool not in STEP_POOLS:
@@ -363,6 +370,7 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
         self.warmup.update({
             "config": {"warmup_steps": critic.warmup_steps, "learning_rate": critic.learning_rate,
                        "dev_fraction": critic.dev_fraction, "min_dev_pair_accuracy": critic.min_dev_pair_accuracy,
+                       "min_dev_quadruples": critic.min_dev_quadruples,
                        "fit_projection": critic.fit_projection, "step_pool": critic.step_pool,
                        "correct_steps": critic.correct_steps, "direction_weight": critic.direction_weight,
                        "energy_form": critic.energy_form},
@@ -374,7 +382,15 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
                  f"{before.get('pair_accuracy')} -> {after['pair_accuracy']} on {len(dev)}; edit cos "
                  f"{after['edit_cos']['mean']}; {len(unlocalised)} of {len(failed)} failed quadruples unlocalised")
         acc = after["pair_accuracy"]
-        if critic.min_dev_pair_accuracy > 0 and (acc is None or acc < critic.min_dev_pair_accuracy):
+        if critic.min_dev_pair_accuracy == 0:
+            self.warmup["gate"] = "off (cts.critic.min_dev_pair_accuracy = 0)"
+        elif acc is None or len(dev) < max(1, critic.min_dev_quadruples):
+            self.warmup["gate"] = (f"not measured: {len(dev)} held-out quadruples < cts.critic.min_dev_quadruples = "
+                                   f"{critic.min_dev_quadruples} ({len(failed)} failed train attempts)")
+            self.log(f"WARNING critic gate {self.warmup['gate']}: B5 runs with a critic nobody measured")
+        elif acc >= critic.min_dev_pair_accuracy:
+            self.warmup["gate"] = f"passed: {acc:.4f} >= {critic.min_dev_pair_accuracy} on {len(dev)}"
+        if acc is not None and len(dev) >= max(1, critic.min_dev_quadruples) and acc < critic.min_dev_pair_accuracy:
             raise CriticGateError(
                 f"B5 refuses to start: the energy critic's held-out pair accuracy after {critic.warmup_steps} "
                 f"warm-up steps is {acc if acc is None else round(acc, 4)} on {len(dev)} quadruples "
