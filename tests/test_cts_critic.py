@@ -126,13 +126,13 @@ def _config(**cts):
 LOOP = dict(steps=4, prompts_per_step=2, group_size=2)
 
 
-def _setup(runtime, data, **cts):
+def _setup(runtime, data, seed=0, **cts):
     """The B5 plug-in set up as the loop sets it up: -> (method, params with heads, optimizer)."""
     from cts.methods.cts_terms import CTSMethod
     from cts.train.loop import LoopConfig, make_optimizer
 
     method = CTSMethod(_config(**cts), runtime)
-    loop = LoopConfig(**LOOP)
+    loop = LoopConfig(**LOOP, seed=seed)
     params, optimizer = method.setup(data, loop, {"policy": runtime.init_params}, make_optimizer(loop),
                                      log=lambda m: None)
     return method, (params, optimizer)
@@ -153,6 +153,18 @@ def test_warm_up_raises_held_out_pair_accuracy_from_chance_to_the_threshold(runt
     if features.get("direction_weight"):  # the direction term aims the held-out edit at the revision
         cos = w["dev_after_warmup"]["edit_cos"]
         assert cos["mean"] > w["dev_before_warmup"]["edit_cos"]["mean"] and cos["ci95"][0] > 0.3, cos
+
+
+def test_the_critics_initialisation_is_part_of_the_training_seed(runtime):
+    """Seeds are the unit of inference, so each seed draws its own E_ψ / P_φ initialisation (one fixed
+    key gave every seed the same critic after the deterministic full-batch warm-up)."""
+    def heads(seed):
+        _, (params, _) = _setup(runtime, _toy_data(), seed=seed, critic=dict(warmup_steps=0, min_dev_pair_accuracy=0.0))
+        return jax.tree.leaves(params["heads"])
+
+    h0, h0_again, h1 = heads(0), heads(0), heads(1)
+    assert all(np.array_equal(a, b) for a, b in zip(h0, h0_again))
+    assert any(not np.array_equal(a, b) for a, b in zip(h0, h1))
 
 
 def test_b5_refuses_to_start_with_an_untrained_critic(runtime):

@@ -75,7 +75,7 @@ class CTSMethod(GRPOMethod):
 
     def setup(self, data, loop, params, optimizer, log=print):
         params, optimizer = super().setup(data, loop, params, optimizer, log)
-        self.wiring = setup_cts(data, log=log)  # heads, optimizer partition, critic warm-up and gate
+        self.wiring = setup_cts(data, log=log, seed=loop.seed)  # heads, optimizer partition, critic warm-up and gate
         params, self.cts_step, self.make_cts_batch, optimizer = self.wiring(self.runtime, self.config, params, optimizer)
         return params, optimizer
 

@@ -176,8 +176,8 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
     optimizer) -> (params with heads, cts_step, make_cts_batch, optimizer)`; `report(params, rows)` is the
     critic block of final.json. `method_cfg` is a cts.methods.cts_terms.CTSMethodConfig."""
 
-    def __init__(self, data, log=print):
-        self.data, self.log = data, log
+    def __init__(self, data, log=print, seed: int = 0):
+        self.data, self.log, self.seed = data, log, seed
         self.warmup: dict = {}
         self._evaluate, self._dev = None, []
 
@@ -200,7 +200,9 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
                          for t in (q.attempt, q.revision)] + [16]) + 2
         cfg = method_cfg.terms.replace(max_steps=max_steps)
         D = runtime.model_cfg.emb_dim
-        heads = CTSHeads(D, D, cfg, rngs=nnx.Rngs(params=1234))
+        # the heads' initialisation is part of the training run's randomness (the seed is the unit of
+        # inference): each seed draws its own; seed 0 keeps the key 1234 that earlier runs used
+        heads = CTSHeads(D, D, cfg, rngs=nnx.Rngs(params=1234 + self.seed))
         heads_def, heads_params = nnx.split(heads, nnx.Param)
         params = {**params, "heads": heads_params}
         self.cfg, self.heads_def = cfg, heads_def
