@@ -32,6 +32,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_train_step import median_time  # noqa: E402  (run as bench/bench_hot_paths.py: bench/ is on sys.path)
+
+from cts.train.batching import repad  # noqa: E402
 
 MODEL = dict(emb_dim=64, num_heads=4, num_kv_heads=4, head_dim=16, mlp_dim=256, num_layers=2, max_len=768)
 GRPO = dict(beta=0.04, epsilon_low=0.2, epsilon_high=0.28, kl_estimator="k3", loss_agg="sequence-mean-token-mean")
@@ -41,31 +44,6 @@ CTS = dict(latent_dim=32, trajectory="step", eta=0.2, edit_steps=1, alpha_width=
            alignment=dict(kind="sinkhorn", epsilon=0.1, tau=1.0, debiased=True, w_time=1.0, gamma=0.1),
            # an untrained base here: time the step, do not gate on the critic
            critic=dict(warmup_steps=0, min_dev_pair_accuracy=0.0))
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up / compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def repad(batch: dict, T: int, pad_id: int) -> dict:
-    """Right-pad every [B, t] array of a (nested) token batch to [B, T] (the old, longer padding)."""
-    fill = {"tokens": pad_id, "segment_ids": 0, "loss_mask": 0.0, "step_ids": -1, "flag": 0.0}
-
-    def pad(k, v):
-        if isinstance(v, dict):
-            return {kk: pad(kk, vv) for kk, vv in v.items()}
-        v = np.asarray(v)
-        if k not in fill or v.ndim != 2:
-            return v
-        return np.pad(v, ((0, 0), (0, T - v.shape[1])), constant_values=fill[k])
-
-    return {k: pad(k, v) for k, v in batch.items()}
 
 
 def setup(args):

@@ -15,22 +15,9 @@ import pytest
 
 from test_cts_critic import _config, _grpo_batch, _toy_data
 
+from cts.train.batching import repad
+
 TOL = 1e-6
-
-
-def _repad(batch: dict, T: int, pad_id: int = 0) -> dict:
-    """Right-pad every [B, t] array of a (nested) batch to [B, T], with each field's padding value."""
-    fill = {"tokens": pad_id, "segment_ids": 0, "loss_mask": 0.0, "step_ids": -1, "flag": 0.0}
-
-    def pad(k, v):
-        if isinstance(v, dict):
-            return {kk: pad(kk, vv) for kk, vv in v.items()}
-        v = np.asarray(v)
-        if k not in fill or v.ndim != 2:
-            return v
-        return np.pad(v, ((0, 0), (0, T - v.shape[1])), constant_values=fill[k])
-
-    return {k: pad(k, v) for k, v in batch.items()}
 
 
 def _assert_same_loss_and_grads(method, params, ref_params, short: dict, long: dict):
@@ -78,7 +65,7 @@ def test_base_sft_batches_are_trimmed_to_their_own_longest_row_in_buckets_of_32(
         shapes.add(T)
     assert len(shapes) <= 256 // 32 and min(shapes) < whole_run
     tok = runtime.tok
-    _assert_same_loss_and_grads(method, params, None, batch, _repad(batch, whole_run, tok.pad_id))
+    _assert_same_loss_and_grads(method, params, None, batch, repad(batch, whole_run, tok.pad_id))
     # a cell's SFT (B0, 30 steps) keeps one shape for the run: compiles would not pay off there
     b0 = SFTMethod(SFTConfig(), runtime)
     b0.setup(TrainData(sft_pairs=pairs), loop, {"policy": runtime.init_params}, make_optimizer(loop),
@@ -107,7 +94,7 @@ def test_b6_refinements_are_padded_to_their_steps_bucket_not_max_len():
     longest = int(ref["segment_ids"].sum(1).max())
     assert host["critique_grpo/refine_frac"] > 0 and longest > 0
     assert T == bucket_length(longest, 512) < 512, (T, longest)
-    long = {**batch, "refine": _repad(ref, 512, runtime.tok.pad_id)}
+    long = {**batch, "refine": repad(ref, 512, runtime.tok.pad_id)}
     _assert_same_loss_and_grads(method, params, runtime.init_params, batch, long)
     # the next steps pad to the longest bucket seen so far: shapes only grow
     seen = [T]
@@ -136,7 +123,7 @@ def test_a6_online_critique_batches_are_padded_to_their_steps_bucket_not_max_len
         longest = int(cts[part]["segment_ids"].sum(1).max())
         assert T == bucket_length(longest, 512) < 512, (part, T, longest)
     batch = {**_grpo_batch(runtime, data), "cts": cts}
-    long = {**batch, "cts": _repad(cts, 512, runtime.tok.pad_id)}
+    long = {**batch, "cts": repad(cts, 512, runtime.tok.pad_id)}
     _assert_same_loss_and_grads(method, params, runtime.init_params, batch, long)
     # a step of longer critiques raises the pad; a later step of short ones keeps it (shapes only grow)
     longer = [dataclasses.replace(q, critique=q.critique * 4) for q in data.quadruples]

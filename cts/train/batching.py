@@ -16,7 +16,7 @@ import numpy as np
 
 from cts.model.tokenizer import Tokenizer
 
-__all__ = ["TokenBatch", "bucket_length", "encode_prompt", "make_batch", "char_spans_to_token_ids"]
+__all__ = ["TokenBatch", "bucket_length", "encode_prompt", "make_batch", "char_spans_to_token_ids", "repad"]
 
 
 def bucket_length(n: int, max_len: int, multiple: int = 64) -> int:
@@ -110,3 +110,20 @@ def make_batch(tok: Tokenizer, prompts: Sequence[str], responses: Sequence[str],
         out.flag[i, :n] = flags[i]
         out.response_start[i] = st
     return out
+
+
+def repad(batch: dict, T: int, pad_id: int) -> dict:
+    """Right-pad every [B, t] array of a (nested) token batch to [B, T] with make_batch's padding
+    values (tokens pad_id, masks 0, step ids −1): the same batch at a longer layout, e.g. to check
+    that a padding change leaves the loss as it was."""
+    fill = {"tokens": pad_id, "segment_ids": 0, "loss_mask": 0.0, "step_ids": -1, "flag": 0.0}
+
+    def pad(k, v):
+        if isinstance(v, dict):
+            return {kk: pad(kk, vv) for kk, vv in v.items()}
+        v = np.asarray(v)
+        if k not in fill or v.ndim != 2:
+            return v
+        return np.pad(v, ((0, 0), (0, T - v.shape[1])), constant_values=fill[k])
+
+    return {k: pad(k, v) for k, v in batch.items()}
