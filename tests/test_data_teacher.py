@@ -252,3 +252,14 @@ def test_teacher_does_not_guess_on_errors_without_evidence(gsm8k_train):
     unlocalised = [q for _, q in quads if q.unlocalised]
     assert len(unlocalised) >= 95
     assert all(q.revision == p.reference and "could not be located" in q.critique for p, q in quads if q.unlocalised)
+
+
+def test_an_unlocalised_code_attempt_gets_the_reference_as_revision():
+    # a syntax error on the `def` line is on no statement of the body: the teacher cannot localise it
+    # (B6's online critiques of synth_code rollouts met this and crashed on d.step = None)
+    problem = generate_synth_code(2, [2], 0)[1]
+    attempt = "def f(x)\n    return x"
+    (verdict,) = verify_many([(problem, attempt)])
+    q = critique(problem, attempt, verdict.code_verdict)
+    assert not q.attempt_correct and q.unlocalised and q.first_error_step is None
+    assert q.revision == problem.reference and "reference solution" in q.critique

@@ -89,7 +89,7 @@ def _revise(problem: Problem, attempt: str, d: Diagnosis) -> tuple[str, bool]:
     if d.correct:
         return attempt, True
     if problem.kind == "code":
-        if d.step is None and "ops" not in problem.meta:
+        if d.step is None:  # nothing localised: nothing of the attempt is kept
             return problem.reference, False
         return _code_revision(problem, attempt, d), "ops" in problem.meta
     if "ops" in problem.meta:
