@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import jax
 import numpy as np
@@ -38,7 +39,7 @@ def limit_threads(n: int, slot_dir: str | None = None) -> int:
     except (AttributeError, OSError):
         cpus = list(range(os.cpu_count() or 1))
     n = min(n, len(cpus))
-    chosen = cpus[:n]
+    chosen = None  # no free slot (another pipeline's jobs hold them all): leave placement to the OS
     slot_dir = slot_dir or os.path.join(tempfile.gettempdir(), f"cts-cpu-slots-{os.getuid()}")
     os.makedirs(slot_dir, exist_ok=True)
     for slot in range(len(cpus) // n):
@@ -51,10 +52,14 @@ def limit_threads(n: int, slot_dir: str | None = None) -> int:
         _HELD_SLOTS.append(f)  # released when the process exits
         chosen = cpus[slot * n:(slot + 1) * n]
         break
-    try:
-        os.sched_setaffinity(0, chosen)
-    except (AttributeError, OSError):
-        pass
+    if chosen is None:
+        print(f"limit_threads: all {len(cpus) // n} CPU slots under {slot_dir} are held (another pipeline's jobs?); "
+              "this job is not pinned", file=sys.stderr)
+    else:
+        try:
+            os.sched_setaffinity(0, chosen)
+        except (AttributeError, OSError):
+            pass
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
     return n
