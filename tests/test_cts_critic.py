@@ -311,7 +311,8 @@ def test_table_section_shows_critic_accuracy_edit_cosine_and_differing_ablation_
                                         "edit_rel_mean": 0.2},
                    "dev_at_end": {"pair_accuracy": 0.9, "edit_cos": {"mean": 0.38, "ci95": [0.2, 0.5], "n": 15}}},
         "cts_steps_mean": {"cts/edit_cos": 0.35, "cts/grad_norm/grpo": 2.0, "cts/grad_norm/align": 0.5,
-                           "cts/grad_norm/decode": 1.0}}))
+                           "cts/grad_norm/decode": 1.0},
+        "config": {"train": {"steps": 30}, "cts": {"cts_batch_size": 4, "online_critique": False}}}))
     evals = []
     for method, outs in (("B5", ["a", "b", "c"]), ("B5-A2", ["a", "x", "c"])):
         p = tmp_path / f"{method}.jsonl"
@@ -320,6 +321,6 @@ def test_table_section_shows_critic_accuracy_edit_cosine_and_differing_ablation_
         evals.append(str(p))
     md = "\n".join(cts_section([str(cell / "metrics.jsonl")], evals, reference="B5"))
     assert "| synth_math | B5 | seed0 | 0.400 → 0.933 → 0.900 (15) | 0.410 [0.300, 0.520] (15) |" in md
-    assert "0.250 / 0.500" in md and "2 of 77 | passed |" in md
+    assert "0.250 / 0.500" in md and "2 of 77 | 1.6 | passed |" in md  # 30 steps × 4 / 77 draws per quadruple
     assert "| synth_math | B5-A2 | 0 | 1 of 3 |" in md
     assert cts_section([], []) == []

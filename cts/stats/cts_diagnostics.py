@@ -30,6 +30,18 @@ def _cell_of(path: str) -> tuple[str, str, str]:
     return parts[-4], parts[-3], parts[-2]
 
 
+def _draws_per_quadruple(cell: dict, n_failed: int) -> str:
+    """How often the CTS batches draw each failed train quadruple: train.steps × cts.cts_batch_size /
+    n_failed. Far above 1, the CTS terms fit a few revisions over and over (the default's synth_code
+    base fails 5 train attempts: 24 draws each)."""
+    cts, train = cell.get("cts") or {}, cell.get("train") or {}
+    if cts.get("online_critique"):
+        return "online"
+    if not n_failed or "steps" not in train or "cts_batch_size" not in cts:
+        return "—"
+    return f"{train['steps'] * cts['cts_batch_size'] / n_failed:.1f}"
+
+
 def _critic_rows(metrics_files: Sequence[str]) -> list[str]:
     rows = []
     for path in sorted(metrics_files):
@@ -47,6 +59,7 @@ def _critic_rows(metrics_files: Sequence[str]) -> list[str]:
         cos = after.get("edit_cos") or {}
         lo, hi = (cos.get("ci95") or [None, None])
         g = steps.get("cts/grad_norm/grpo")
+        reuse = _draws_per_quadruple(final.get("config") or {}, critic.get("n_failed", 0))
         ratio = lambda k: None if not g else steps.get(k, 0.0) / g  # noqa: E731
         rows.append(
             f"| {task} | {method} | {seed} | {_f(before)} → {_f(after.get('pair_accuracy'))} → "
@@ -54,7 +67,7 @@ def _critic_rows(metrics_files: Sequence[str]) -> list[str]:
             f"[{_f(lo)}, {_f(hi)}] ({cos.get('n', 0)}) | {_f((end.get('edit_cos') or {}).get('mean'))} | "
             f"{_f(steps.get('cts/edit_cos'))} | {_f(after.get('edit_rel_mean'))} | "
             f"{_f(ratio('cts/grad_norm/align'))} / {_f(ratio('cts/grad_norm/decode'))} | "
-            f"{critic.get('n_unlocalised', 0)} of {critic.get('n_failed', 0)} | "
+            f"{critic.get('n_unlocalised', 0)} of {critic.get('n_failed', 0)} | {reuse} | "
             f"{(critic.get('gate') or '—').split(':')[0]} |")
     return rows
 
@@ -91,12 +104,13 @@ def cts_section(metrics_files: Sequence[str], eval_files: Sequence[str] = (), re
                "Edit cosine: cos(R* − R, R_rev − R_att) at the flagged step on those quadruples after the "
                "warm-up [95% CI] (n), at the end, and the mean over training steps. Edit size: ‖R* − R‖ / ‖r‖ "
                "there. Gradient ratios: weighted θ-gradient norm of λ₁L_align and λ₂L_decode over L_GRPO's "
-               "(means over steps). Gate: the B5 start check on held-out pair accuracy (cts.critic.min_dev_pair_accuracy; "
+               "(means over steps). Draws per quadruple: train.steps × cts.cts_batch_size / failed train quadruples "
+               "(how often the CTS terms see each revision; 'online' for critiques of the policy's own rollouts). Gate: the B5 start check on held-out pair accuracy (cts.critic.min_dev_pair_accuracy; "
                "'not measured' when fewer than cts.critic.min_dev_quadruples failed quadruples are held out).",
                "",
                "| Task | Cell | Seed | pair accuracy (n) | edit cos after warm-up [95% CI] (n) | edit cos at end | "
-               "edit cos, steps | edit size | align / decode grad ratio | unlocalised | gate |",
-               "|---|---|---|---|---|---:|---:|---:|---|---|---|",
+               "edit cos, steps | edit size | align / decode grad ratio | unlocalised | draws per quadruple | gate |",
+               "|---|---|---|---|---|---:|---:|---:|---|---|---:|---|",
                *critic]
     if differ:
         md += ["", f"Greedy test outputs of each ablation that differ from {reference}'s (same seed): 0 means the "
