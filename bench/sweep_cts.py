@@ -92,15 +92,19 @@ def main() -> None:
     config, sweep = yaml.safe_load(open(args.config)), yaml.safe_load(open(args.sweep))
     config["train"]["steps"] = sweep["steps"]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(sweep["seeds"])
+    names = ["B3", *sweep["points"]]
+    chosen = args.points.split(",") if args.points else names
+    if unknown := [n for n in chosen if n not in names]:
+        raise SystemExit(f"--points: {', '.join(unknown)} not in {args.sweep} (points: {', '.join(names)})")
     if not args.report:
         for seed in seeds:
             for name, changes in [("B3", None), *sweep["points"].items()]:
-                if args.points and name not in args.points.split(","):
+                if name not in chosen:
                     continue
                 run_point(config, sweep, name, changes, seed, args.results)
                 print(json.dumps({"point": name, "seed": seed, **(point_row(sweep, name, seed, args.results) or {})}),
                       flush=True)
-    print(report(sweep, list(sweep["seeds"]) if args.report and not args.seeds else seeds, args.results))
+    print(report(sweep, seeds, args.results))
 
 
 if __name__ == "__main__":

@@ -392,10 +392,10 @@ class setup_cts:  # noqa: N801 - used like the function it replaced: setup_cts(d
             self.log(f"WARNING critic gate {self.warmup['gate']}: B5 runs with a critic nobody measured")
         elif acc >= critic.min_dev_pair_accuracy:
             self.warmup["gate"] = f"passed: {acc:.4f} >= {critic.min_dev_pair_accuracy} on {len(dev)}"
-        if acc is not None and len(dev) >= max(1, critic.min_dev_quadruples) and acc < critic.min_dev_pair_accuracy:
+        else:
             raise CriticGateError(
                 f"B5 refuses to start: the energy critic's held-out pair accuracy after {critic.warmup_steps} "
-                f"warm-up steps is {acc if acc is None else round(acc, 4)} on {len(dev)} quadruples "
+                f"warm-up steps is {round(acc, 4)} on {len(dev)} quadruples "
                 f"(fitted on {len(fit)}), below cts.critic.min_dev_pair_accuracy = {critic.min_dev_pair_accuracy}; "
                 "the latent edit would follow an untrained critic. Raise cts.critic.warmup_steps or "
                 "cts.critic.learning_rate, or lower the threshold deliberately.")
